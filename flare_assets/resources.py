@@ -1,0 +1,50 @@
+"""Resources: where the data is, where outputs go, and how big the models are."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from dagster import ConfigurableResource
+
+from flare_core.layout import DataLayout, WorkLayout
+
+
+class FlareDataRoot(ConfigurableResource):
+    """A FLARE23-shaped data root; the platform never writes below it."""
+
+    path: str
+    train_images: str = "train/images"
+    train_labels: str = "train/labels"
+    organ_pseudo_labels: str = "train/organ_pseudo_labels"
+    infer_images: str = "infer/images"
+    infer_labels: str = "infer/labels"
+    train_ground_truth: str = "train/ground_truth"
+
+    @property
+    def layout(self) -> DataLayout:
+        return DataLayout(
+            root=Path(self.path),
+            train_images=self.train_images,
+            train_labels=self.train_labels,
+            organ_pseudo_labels=self.organ_pseudo_labels,
+            infer_images=self.infer_images,
+            infer_labels=self.infer_labels,
+            train_ground_truth=self.train_ground_truth,
+        )
+
+
+class FlareWorkRoot(ConfigurableResource):
+    """Folder that receives every output (one folder per per-case asset)."""
+
+    path: str
+
+    @property
+    def layout(self) -> WorkLayout:
+        return WorkLayout(root=Path(self.path))
+
+
+class RunProfile(ConfigurableResource):
+    """Model sizes and training lengths (`cpu`, `test` or the faithful `flare23`)
+    and the device (`auto` picks CUDA when available)."""
+
+    name: str = "cpu"
+    device: str = "auto"

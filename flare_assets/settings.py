@@ -1,0 +1,29 @@
+"""Environment variables that configure the platform, with demo defaults.
+
+FLARE_DATA_ROOT   FLARE23-shaped input folder (read only)    default ./demo/data
+FLARE_WORK_ROOT   where every output is written              default ./demo/work
+FLARE_PROFILE     run profile: cpu (demo), test, flare23     default cpu
+FLARE_DEVICE      auto, cpu or cuda                          default auto
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_PROFILE = "cpu"
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("FLARE_DATA_ROOT", Path.cwd() / "demo" / "data")).resolve()
+
+
+def work_root() -> Path:
+    return Path(os.environ.get("FLARE_WORK_ROOT", Path.cwd() / "demo" / "work")).resolve()
+
+
+def profile() -> str:
+    return os.environ.get("FLARE_PROFILE", DEFAULT_PROFILE)
+
+
+def device() -> str:
+    return os.environ.get("FLARE_DEVICE", "auto")

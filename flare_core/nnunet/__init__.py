@@ -1,0 +1,1 @@
+"""nnU-Net v2 integration: dataset export, planners, networks, trainers, predictors."""

@@ -1,0 +1,54 @@
+"""Small PNG previews of a CT slice with a label overlay, for the Dagster UI.
+
+Dagster has no image metadata type, so assets embed these as base64 PNG in
+markdown; they are kept small (at most `max_pixels` on the long side).
+"""
+from __future__ import annotations
+
+import base64
+import io as _io
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: previews are rendered in step processes
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+# Abdominal soft-tissue window (HU).
+WINDOW = (-160.0, 240.0)
+_COLORS = plt.get_cmap("tab20")(np.arange(20))[:, :3]
+
+
+def informative_slice(label: np.ndarray | None, depth: int) -> int:
+    """The axial slice with the most labelled voxels, else the middle one."""
+    if label is None or not label.any():
+        return depth // 2
+    return int(np.argmax((label > 0).reshape(depth, -1).sum(axis=1)))
+
+
+def overlay_rgb(image_slice: np.ndarray, label_slice: np.ndarray | None, alpha: float = 0.45) -> np.ndarray:
+    low, high = WINDOW
+    gray = np.clip((image_slice.astype(np.float32) - low) / (high - low), 0.0, 1.0)
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    if label_slice is not None:
+        mask = label_slice > 0
+        colors = _COLORS[label_slice[mask] % len(_COLORS)]
+        rgb[mask] = (1 - alpha) * rgb[mask] + alpha * colors
+    return rgb
+
+
+def preview_png(image: np.ndarray, label: np.ndarray | None = None, max_pixels: int = 256) -> bytes:
+    """PNG bytes of the most informative axial slice of a (z, y, x) volume."""
+    z = informative_slice(label, image.shape[0])
+    rgb = overlay_rgb(image[z], None if label is None else label[z])
+    step = max(1, int(np.ceil(max(rgb.shape[:2]) / max_pixels)))
+    rgb = rgb[::step, ::step]
+    buffer = _io.BytesIO()
+    plt.imsave(buffer, rgb, format="png")
+    return buffer.getvalue()
+
+
+def png_markdown(png: bytes, title: str = "preview") -> str:
+    """Markdown that shows PNG bytes inline (Dagster's MetadataValue.md)."""
+    encoded = base64.b64encode(png).decode("ascii")
+    return f"![{title}](data:image/png;base64,{encoded})"

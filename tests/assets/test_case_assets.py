@@ -1,0 +1,118 @@
+"""Registration and tumor subset materialize on a real (ephemeral) instance,
+and planted bad cases fail alone, with messages that name them."""
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from dagster import AssetKey, materialize
+
+from flare_core.io import Geometry, read_volume, write_volume
+from flare_core.layout import DataLayout
+from flare_assets import pipeline
+from flare_assets.assets import cases
+from tests.conftest import make_resources
+
+
+def _phantom_groups(root):
+    return json.loads((root / "phantom.json").read_text())
+
+
+def _tree_hashes(root):
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _checks_of(result):
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def test_registration_records_inventory_preview_and_passing_checks(tiny_data_root, tmp_path, instance):
+    resources = make_resources(tiny_data_root, tmp_path / "work")
+    case_id = "FLARE23_0001"
+    instance.add_dynamic_partitions("training_cases", [case_id])
+    result = materialize([cases.training_case], partition_key=case_id, instance=instance, resources=resources)
+    assert result.success
+    meta = result.asset_materializations_for_node("training_case")[0].metadata
+    assert meta["label_group"].value in {"all_organs_tumor", "all_organs", "tumor_partial_organs",
+                                         "tumor_only", "partial_organs", "unlabelled", "empty_label"}
+    assert len(meta["image_sha256"].value) == 64
+    assert "data:image/png;base64," in meta["preview"].value
+    assert (tmp_path / "work" / "previews" / f"{case_id}.png").read_bytes()[:4] == b"\x89PNG"
+    inventory = json.loads((tmp_path / "work" / "cases" / "train" / f"{case_id}.json").read_text())
+    _, geometry = read_volume(DataLayout(tiny_data_root).train_image(case_id), case_id)
+    assert inventory["geometry"]["size"] == list(geometry.size)
+    checks = _checks_of(result)
+    assert set(checks) == {"geometry_matches", "label_ids_valid", "label_files_readable"}
+    assert all(c.passed for c in checks.values())
+
+
+def test_tumor_subset_is_exactly_the_tumor_annotating_cases(tiny_data_root, tmp_path, instance):
+    resources = make_resources(tiny_data_root, tmp_path / "work")
+    before = _tree_hashes(tiny_data_root)
+    pipeline.sync_partitions(instance, resources["data_root"])
+    report = pipeline.register_cases(instance, resources, "train")
+    assert not report.failed and len(report.done) == 10
+    result = materialize([cases.tumor_subset], instance=instance, resources=resources)
+    manifest = json.loads((tmp_path / "work" / "manifests" / "tumor_subset.json").read_text())
+    truth = _phantom_groups(tiny_data_root)["train"]
+    expected = sorted(c for c, info in truth.items() if 14 in (info.get("annotated") or []))
+    assert sorted(manifest["cases"]) == expected and len(expected) >= 3
+    assert manifest["excluded"] == {}
+    meta = result.asset_materializations_for_node("tumor_subset")[0].metadata
+    counts = {r.data["label_group"]: r.data["cases"] for r in meta["cases_per_label_group"].value.records}
+    assert sum(counts.values()) == 10 and counts["unlabelled"] >= 1
+    assert _tree_hashes(tiny_data_root) == before, "inputs must never be modified"
+
+
+def test_registration_is_skipped_when_nothing_changed(tiny_data_root, tmp_path, instance):
+    resources = make_resources(tiny_data_root, tmp_path / "work")
+    pipeline.sync_partitions(instance, resources["data_root"])
+    first = pipeline.register_cases(instance, resources, "infer")
+    second = pipeline.register_cases(instance, resources, "infer")
+    assert len(first.done) == 2 and second.done == [] and len(second.skipped) == 2
+
+
+def _plant_bad_cases(root):
+    layout = DataLayout(root)
+    label, geometry = read_volume(layout.train_label("FLARE23_0002"), "FLARE23_0002")
+    moved = Geometry(geometry.size, geometry.spacing, tuple(o + 7.0 for o in geometry.origin), geometry.direction)
+    write_volume(label, moved, layout.train_label("FLARE23_0002"))
+    label, geometry = read_volume(layout.train_label("FLARE23_0003"), "FLARE23_0003")
+    label = label.copy()
+    label[0, 0, 0] = 17
+    write_volume(label, geometry, layout.train_label("FLARE23_0003"))
+    image = layout.train_image("FLARE23_0004")
+    image.write_bytes(image.read_bytes()[:200])
+    (layout.folder("train_images") / "bad name_0000.nii.gz").write_bytes(
+        layout.train_image("FLARE23_0005").read_bytes())
+
+
+def test_planted_bad_cases_fail_alone_with_clear_messages(data_root_copy, tmp_path, instance):
+    _plant_bad_cases(data_root_copy)
+    resources = make_resources(data_root_copy, tmp_path / "work")
+    rejected = pipeline.sync_partitions(instance, resources["data_root"])
+    assert any("bad name" in r for r in rejected["train"])
+    assert "bad name" not in " ".join(instance.get_dynamic_partitions("training_cases"))
+
+    report = pipeline.register_cases(instance, resources, "train")
+    assert sorted(report.failed) == ["FLARE23_0002", "FLARE23_0003", "FLARE23_0004"]
+    for case_id, problem in [("FLARE23_0002", "origin"), ("FLARE23_0003", "[17]"), ("FLARE23_0004", "truncated")]:
+        assert case_id in report.failed[case_id] and problem in report.failed[case_id]
+    assert len(report.done) == 7
+
+    result = materialize([cases.training_case], partition_key="FLARE23_0002", instance=instance,
+                         resources=resources, raise_on_error=False)
+    geometry_check = _checks_of(result)["geometry_matches"]
+    assert not geometry_check.passed
+    assert "FLARE23_0002" in geometry_check.description and "origin" in geometry_check.description
+    result = materialize([cases.training_case], partition_key="FLARE23_0003", instance=instance,
+                         resources=resources, raise_on_error=False)
+    ids_check = _checks_of(result)["label_ids_valid"]
+    assert not ids_check.passed and "[17]" in ids_check.description
+
+    materialize([cases.tumor_subset], instance=instance, resources=resources)
+    manifest = json.loads((tmp_path / "work" / "manifests" / "tumor_subset.json").read_text())
+    assert set(manifest["excluded"]) == {"FLARE23_0002", "FLARE23_0003", "FLARE23_0004"}
+    assert "truncated" in manifest["excluded"]["FLARE23_0004"]
+    assert not set(manifest["cases"]) & set(manifest["excluded"])

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny synthetic FLARE-like data on disk and Dagster wiring.
+
+The phantom data set is generated once per session; tests that plant broken
+files work on their own copy, so the shared one is never modified.
+"""
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+# Single-threaded augmentation and few workers: tests run on 2-core machines.
+os.environ.setdefault("nnUNet_n_proc_DA", "0")
+os.environ.setdefault("nnUNet_def_n_proc", "1")
+
+from flare_assets.resources import FlareDataRoot, FlareWorkRoot, RunProfile  # noqa: E402
+
+TINY_TRAIN = 10
+TINY_INFER = 2
+
+
+@pytest.fixture(scope="session")
+def tiny_data_root(tmp_path_factory) -> Path:
+    """A read-only tiny FLARE23-shaped data root shared by the session."""
+    from flare_core.phantom import generate_dataset
+
+    root = tmp_path_factory.mktemp("flare_data")
+    generate_dataset(root, size="tiny", seed=0, n_train=TINY_TRAIN, n_infer=TINY_INFER)
+    return root
+
+
+@pytest.fixture
+def data_root_copy(tiny_data_root, tmp_path) -> Path:
+    """A private copy of the tiny data root that a test may break on purpose."""
+    copy = tmp_path / "data"
+    shutil.copytree(tiny_data_root, copy)
+    return copy
+
+
+def make_resources(data_root: Path, work_root: Path, profile: str = "test") -> dict:
+    return {
+        "data_root": FlareDataRoot(path=str(data_root)),
+        "work_root": FlareWorkRoot(path=str(work_root)),
+        "run_profile": RunProfile(name=profile, device="cpu"),
+    }
+
+
+@pytest.fixture
+def instance(tmp_path, monkeypatch):
+    from dagster import DagsterInstance
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    with DagsterInstance.ephemeral() as inst:
+        yield inst

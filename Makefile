@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install --quiet --constraint constraints.txt
-export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 
 .PHONY: setup demo test ui clean-demo
 
@@ -29,4 +29,4 @@ ui: setup
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 clean-demo:
-	rm -rf demo .dagster_home
+	rm -rf demo; find dagster_home -mindepth 1 ! -name dagster.yaml -exec rm -rf {} +

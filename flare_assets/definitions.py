@@ -8,8 +8,9 @@ from __future__ import annotations
 from dagster import Definitions, load_assets_from_modules
 
 from flare_assets import settings
-from flare_assets.assets import cases
+from flare_assets.assets import cases, fusion, inference, quality, student, teacher
 from flare_assets.resources import FlareDataRoot, FlareWorkRoot, RunProfile
+from flare_assets.schedules import SCHEDULES
 from flare_assets.sensors import inference_case_sensor, training_case_sensor
 
 
@@ -18,11 +19,12 @@ def build_resources() -> dict:
     return {
         "data_root": FlareDataRoot(path=str(settings.data_root())),
         "work_root": FlareWorkRoot(path=str(settings.work_root())),
-        "run_profile": RunProfile(name=settings.profile(), device=settings.device()),
+        "run_profile": RunProfile(name=settings.profile(), device=settings.device(),
+                                  inference_mode=settings.inference_mode()),
     }
 
 
-ALL_ASSETS = load_assets_from_modules([cases])
+ALL_ASSETS = load_assets_from_modules([cases, teacher, fusion, quality, student, inference])
 SENSORS = [training_case_sensor, inference_case_sensor]
 
-defs = Definitions(assets=ALL_ASSETS, sensors=SENSORS, resources=build_resources())
+defs = Definitions(assets=ALL_ASSETS, sensors=SENSORS, schedules=SCHEDULES, resources=build_resources())

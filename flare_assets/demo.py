@@ -4,7 +4,7 @@
 
 Without --data-root it generates a FLARE-like synthetic data set (once) under
 ./demo/data. It uses the Dagster instance in $DAGSTER_HOME (default: a
-project-local ./.dagster_home with SQLite storage), so everything it
+project-local ./dagster_home with SQLite storage), so everything it
 materializes is visible afterwards in `dagster dev`. Running it again does no
 work that is already up to date. Pointed at a real FLARE23 download with
 --data-root, the same command runs the platform on real data.
@@ -13,12 +13,11 @@ import argparse
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
-from dagster import DagsterInstance, materialize
+from dagster import DagsterInstance
 
-from flare_core.cases import INFER, TRAIN
+from flare_core.cases import TRAIN, discover_cases
 from flare_assets import pipeline, settings
 from flare_assets.assets import cases
 from flare_assets.definitions import build_resources
@@ -45,7 +44,7 @@ def configure_environment(args: argparse.Namespace) -> None:
         os.environ["FLARE_WORK_ROOT"] = str(args.work_root.resolve())
     if args.profile:
         os.environ["FLARE_PROFILE"] = args.profile
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path.cwd() / ".dagster_home"))).resolve()
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path.cwd() / "dagster_home"))).resolve()
     home.mkdir(parents=True, exist_ok=True)
 
 
@@ -57,29 +56,6 @@ def ensure_demo_data(args: argparse.Namespace) -> None:
 
     log.info("generating a synthetic FLARE-like data set in %s", root)
     generate_dataset(root, size="tiny", seed=args.seed, n_train=args.train, n_infer=args.infer)
-
-
-def run(instance: DagsterInstance, resources: dict) -> list[pipeline.StageReport]:
-    """Every stage of the pipeline built so far, skipping up-to-date work."""
-    reports = []
-    pipeline.sync_partitions(instance, resources["data_root"])
-    for split in (TRAIN, INFER):
-        started = time.perf_counter()
-        report = pipeline.register_cases(instance, resources, split)
-        report.seconds = time.perf_counter() - started
-        reports.append(report)
-    reports.append(_materialize_global(instance, resources, cases.tumor_subset))
-    return reports
-
-
-def _materialize_global(instance: DagsterInstance, resources: dict, asset) -> pipeline.StageReport:
-    report = pipeline.StageReport(name=asset.key.to_user_string())
-    started = time.perf_counter()
-    result = materialize([asset], instance=instance, resources=resources, raise_on_error=False,
-                         run_config=pipeline.RUN_CONFIG)
-    report.seconds = time.perf_counter() - started
-    (report.done if result.success else report.skipped).append("all")
-    return report
 
 
 def summarize(reports: list[pipeline.StageReport], instance: DagsterInstance) -> None:
@@ -99,8 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_environment(args)
     ensure_demo_data(args)
+    if not discover_cases(build_resources()["data_root"].layout, TRAIN).case_ids:
+        log.error("no training cases under %s (expected train/images/<case>_0000.nii.gz)", settings.data_root())
+        return 1
     with DagsterInstance.get() as instance:
-        reports = run(instance, build_resources())
+        reports = pipeline.run_all(instance, build_resources())
         summarize(reports, instance)
     return 0
 

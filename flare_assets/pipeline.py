@@ -5,6 +5,7 @@ Dagster instance, so everything the demo does appears in `dagster dev` with
 its lineage. Work that is already up to date is skipped.
 """
 import logging
+import time
 from dataclasses import dataclass, field
 
 from dagster import (
@@ -14,6 +15,8 @@ from dagster import (
     DagsterInstance,
     materialize,
 )
+
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from flare_core.cases import INFER, TRAIN, case_signature, discover_cases
 from flare_assets.assets import cases
@@ -77,6 +80,111 @@ def register_cases(instance: DagsterInstance, resources: dict, split: str) -> St
     return report
 
 
+def materialize_cases(instance: DagsterInstance, resources: dict, asset: AssetsDefinition,
+                      case_ids: list[str], report: StageReport | None = None) -> StageReport:
+    """Materialize a per-case asset for `case_ids` in as few runs as possible.
+
+    Runs cover contiguous ranges of the partition order (what Dagster's batched
+    backfills do), so a model is loaded once per range, not once per case."""
+    report = report or StageReport(name=_name(asset))
+    partitions = asset.partitions_def
+    order = partitions.get_partition_keys(dynamic_partitions_store=instance)
+    for first, last in _contiguous_ranges(order, set(case_ids)):
+        tags = {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last,
+                "flare/trigger": "pipeline"}
+        result = materialize([asset], instance=instance, resources=resources, raise_on_error=False, tags=tags,
+                             run_config=RUN_CONFIG)
+        cases_in_range = order[order.index(first): order.index(last) + 1]
+        failed = _failed_cases(result, cases_in_range) if not result.success else {}
+        report.failed.update(failed)
+        report.done += [c for c in cases_in_range if c not in failed]
+    return report
+
+
+def latest_timestamp(instance: DagsterInstance, key: AssetKey, partition: str | None = None) -> float | None:
+    """When an asset (partition) was last materialized; any partition if None."""
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1)
+    return records.records[0].timestamp if records.records else None
+
+
+def is_stale(instance: DagsterInstance, asset: AssetsDefinition, partition: str | None = None) -> bool:
+    """The make rule on materialization events: missing, or older than a parent.
+
+    A per-case parent counts for the same case; a global parent counts as is;
+    for a global asset, a per-case parent counts through its newest partition."""
+    graph = _asset_graph()
+    for key in asset.keys:
+        own = latest_timestamp(instance, key, partition)
+        if own is None:
+            return True
+        for parent in graph.get(key).parent_keys:
+            if parent in asset.keys:
+                continue
+            parent_partition = partition if graph.get(parent).is_partitioned else None
+            newest = latest_timestamp(instance, parent, parent_partition)
+            if newest is not None and newest > own:
+                return True
+    return False
+
+
+def _asset_graph():
+    from flare_assets.definitions import defs
+
+    return defs.resolve_asset_graph()
+
+
+def materialize_if_stale(instance: DagsterInstance, resources: dict, asset: AssetsDefinition) -> StageReport:
+    if is_stale(instance, asset):
+        return materialize_global(instance, resources, asset)
+    return StageReport(name=_name(asset), skipped=["all"])
+
+
+def materialize_stale_cases(instance: DagsterInstance, resources: dict, asset: AssetsDefinition,
+                            case_ids: list[str]) -> StageReport:
+    stale = [c for c in case_ids if is_stale(instance, asset, c)]
+    report = StageReport(name=_name(asset), skipped=[c for c in case_ids if c not in stale])
+    return materialize_cases(instance, resources, asset, stale, report) if stale else report
+
+
+def materialize_global(instance: DagsterInstance, resources: dict, asset: AssetsDefinition) -> StageReport:
+    report = StageReport(name=_name(asset))
+    result = materialize([asset], instance=instance, resources=resources, raise_on_error=False,
+                         run_config=RUN_CONFIG)
+    if result.success:
+        report.done.append("all")
+    else:
+        report.failed["all"] = _failure_message(result)
+    return report
+
+
+def _name(asset: AssetsDefinition) -> str:
+    return asset.node_def.name  # the op: "fused_labels" for the two fused assets
+
+
+def _contiguous_ranges(order: list[str], wanted: set[str]) -> list[tuple[str, str]]:
+    ranges, start, previous = [], None, None
+    for key in order + [None]:
+        if key in wanted:
+            start = start or key
+            previous = key
+        elif start is not None:
+            ranges.append((start, previous))
+            start = None
+    return ranges
+
+
+def _failed_cases(result, cases_in_range: list[str]) -> dict[str, str]:
+    """Cases named by a batch failure (see flare_assets.batching), else all."""
+    message = _failure_message(result)
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data.user_failure_data:
+            named = event.step_failure_data.user_failure_data.metadata.get("failed_cases")
+            if named is not None:
+                return {c: message for c in named.value.split(", ") if c}
+    return {c: message for c in cases_in_range}
+
+
 def _materialize_partition(instance, resources, asset, case_id, report: StageReport) -> None:
     result = materialize([asset], partition_key=case_id, instance=instance, resources=resources,
                          raise_on_error=False, tags={"flare/trigger": "pipeline"}, run_config=RUN_CONFIG)
@@ -94,5 +202,54 @@ def _failure_message(result) -> str:
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data.error:
             error = event.step_failure_data.error
+            while error.cause is not None:  # the user's exception, not Dagster's wrapper
+                error = error.cause
             return error.message.strip().splitlines()[-1] if error.message else "failed"
     return "failed"
+
+
+def run_all(instance: DagsterInstance, resources: dict) -> list[StageReport]:
+    """Every stage of the method in order, as the demo runs it; work that is up
+    to date (materialized after all its inputs) is skipped."""
+    from flare_assets.assets import fusion, inference, quality, student, teacher
+
+    sync_partitions(instance, resources["data_root"])
+
+    def usable_cases(split: str = TRAIN) -> list[str]:  # asked per stage: registration may change the answer
+        return usable_case_ids(instance, resources, split)
+
+    stages = [
+        lambda: register_cases(instance, resources, TRAIN),
+        lambda: register_cases(instance, resources, INFER),
+        lambda: materialize_if_stale(instance, resources, cases.tumor_subset),
+        lambda: materialize_if_stale(instance, resources, teacher.teacher_plans),
+        lambda: materialize_if_stale(instance, resources, teacher.teacher_weights),
+        lambda: materialize_stale_cases(instance, resources, teacher.tumor_pseudo_label, usable_cases()),
+        lambda: materialize_stale_cases(instance, resources, fusion.fused_labels, usable_cases()),
+        lambda: materialize_stale_cases(instance, resources, quality.label_quality, usable_cases()),
+        lambda: materialize_if_stale(instance, resources, quality.label_quality_summary),
+        lambda: materialize_if_stale(instance, resources, student.student_plans),
+        lambda: materialize_if_stale(instance, resources, student.student_weights),
+        lambda: materialize_stale_cases(instance, resources, inference.prediction, usable_cases(INFER)),
+        lambda: materialize_stale_cases(instance, resources, inference.evaluation, usable_cases(INFER)),
+        lambda: materialize_if_stale(instance, resources, inference.evaluation_summary),
+    ]
+    reports = []
+    for stage in stages:
+        started = time.perf_counter()
+        report = stage()
+        report.seconds = time.perf_counter() - started
+        reports.append(report)
+        if "all" in report.failed:
+            log.error("%s failed: %s; later stages need it, stopping", report.name, report.failed["all"])
+            break
+    return reports
+
+
+def usable_case_ids(instance: DagsterInstance, resources: dict, split: str = TRAIN) -> list[str]:
+    """Cases whose latest registration succeeded with passing checks."""
+    work = resources["work_root"].layout
+    partitions = training_cases if split == TRAIN else inference_cases
+    return [c for c in instance.get_dynamic_partitions(partitions.name)
+            if cases.registration_failure(work, split, c) is None
+            and (inventory := cases.load_inventory(work, split, c)) is not None and inventory.ok]

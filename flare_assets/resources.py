@@ -43,8 +43,17 @@ class FlareWorkRoot(ConfigurableResource):
 
 
 class RunProfile(ConfigurableResource):
-    """Model sizes and training lengths (`cpu`, `test` or the faithful `flare23`)
-    and the device (`auto` picks CUDA when available)."""
+    """Model sizes and training lengths (`cpu`, `test` or the faithful `flare23`),
+    the device (`auto` picks CUDA when available) and the inference mode."""
 
     name: str = "cpu"
     device: str = "auto"
+    # Student inference: "fastest" (FLARE22 window skipping), "fast" or "stock".
+    inference_mode: str = "fastest"
+
+    @property
+    def settings(self):
+        """The flare_core run profile (teacher and student settings)."""
+        from flare_core.nnunet.profiles import get_profile
+
+        return get_profile(self.name)

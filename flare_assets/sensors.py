@@ -1,9 +1,11 @@
 """Sensors that notice cases appearing (or changing) under the data root.
 
 Each sensor keeps a cursor of file signatures per case, adds partitions only
-for new cases, and requests registration only for new or changed files; a run
-key derived from the signature makes a repeated request a no-op. Unsafe names
-and unreadable files are reported in the sensor's log and never crash it.
+for new cases, and requests work only for new or changed files: the case's
+registration and, once the model it needs is trained, its per-case chain
+(tumor pseudo-label, fused labels, label quality; or prediction, evaluation).
+A run key derived from the signature makes a repeated request a no-op. Unsafe
+names and unreadable files are reported in the sensor's log and never crash it.
 """
 
 import hashlib
@@ -25,7 +27,7 @@ from dagster import (
 from flare_core.cases import INFER, TRAIN, case_files, case_signature, discover_cases
 from flare_core.layout import DataLayout
 from flare_assets.partitions import inference_cases, training_cases
-from flare_assets.resources import FlareDataRoot
+from flare_assets.resources import FlareDataRoot, FlareWorkRoot
 
 
 @dataclass
@@ -72,15 +74,30 @@ def _run_key(split: str, case_id: str, signature: str) -> str:
     return f"{split}:{case_id}:{hashlib.sha1(signature.encode()).hexdigest()[:12]}"
 
 
+# What a new or changed case gets, once the model it needs exists.
+DOWNSTREAM = {
+    TRAIN: ("teacher_weights", [AssetKey("tumor_pseudo_label"), AssetKey("partial_fused_label"),
+                                AssetKey("organ_fused_label"), AssetKey("label_quality")]),
+    INFER: ("student_weights", [AssetKey("prediction"), AssetKey("evaluation")]),
+}
+
+
+def case_selection(split: str, asset_key: AssetKey, work_root: FlareWorkRoot) -> list[AssetKey]:
+    """Registration, plus the per-case chain when its model has been trained."""
+    model_state, chain = DOWNSTREAM[split]
+    trained = (work_root.layout.manifests / f"{model_state}.json").exists()
+    return [asset_key] + (chain if trained else [])
+
+
 def _build_case_sensor(name: str, split: str, partitions: DynamicPartitionsDefinition, asset_key: AssetKey):
     @sensor(
         name=name,
-        asset_selection=[asset_key],
+        asset_selection=[asset_key] + DOWNSTREAM[split][1],
         minimum_interval_seconds=30,
         default_status=DefaultSensorStatus.RUNNING,
         description=f"Registers {split} cases that appear or change under the data root.",
     )
-    def _case_sensor(context: SensorEvaluationContext, data_root: FlareDataRoot):
+    def _case_sensor(context: SensorEvaluationContext, data_root: FlareDataRoot, work_root: FlareWorkRoot):
         previous = json.loads(context.cursor) if context.cursor else {}
         result = scan(data_root.layout, split, previous)
         for subject, problem in sorted(result.problems.items()):
@@ -88,9 +105,10 @@ def _build_case_sensor(name: str, split: str, partitions: DynamicPartitionsDefin
         # Broken cases keep their signature in the cursor: reported once, and
         # again only when the file changes.
         cursor = json.dumps(result.signatures, sort_keys=True)
+        selection = case_selection(split, asset_key, work_root)
         requests = [
             RunRequest(run_key=_run_key(split, case_id, result.signatures[case_id]), partition_key=case_id,
-                       asset_selection=[asset_key], tags={"flare/trigger": "new" if case_id in result.new else "changed"})
+                       asset_selection=selection, tags={"flare/trigger": "new" if case_id in result.new else "changed"})
             for case_id in result.new + result.changed
         ]
         if not requests:

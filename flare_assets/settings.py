@@ -4,6 +4,7 @@ FLARE_DATA_ROOT   FLARE23-shaped input folder (read only)    default ./demo/data
 FLARE_WORK_ROOT   where every output is written              default ./demo/work
 FLARE_PROFILE     run profile: cpu (demo), test, flare23     default cpu
 FLARE_DEVICE      auto, cpu or cuda                          default auto
+FLARE_INFERENCE_MODE  fastest, fast or stock                 default fastest
 """
 from __future__ import annotations
 
@@ -27,3 +28,7 @@ def profile() -> str:
 
 def device() -> str:
     return os.environ.get("FLARE_DEVICE", "auto")
+
+
+def inference_mode() -> str:
+    return os.environ.get("FLARE_INFERENCE_MODE", "fastest")

@@ -24,6 +24,15 @@ import SimpleITK as sitk
 GEOMETRY_ATOL = 1e-4
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 class CaseError(ValueError):
     """A problem with one case's files; the message names the case."""
 
@@ -76,6 +85,10 @@ class Geometry:
         image.SetDirection(self.direction)
         return image
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Geometry":
+        return cls(**{key: tuple(data[key]) for key in ("size", "spacing", "origin", "direction")})
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "size": list(self.size),
@@ -104,6 +117,22 @@ def read_image(path: Path, case_id: str) -> sitk.Image:
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise CaseError(case_id, f"{path.name} has {image.GetNumberOfComponentsPerPixel()} components per voxel, expected 1")
     return image
+
+
+def read_geometry(path: Path, case_id: str) -> Geometry:
+    """Geometry from the file header alone (no voxel data is read)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise CaseError(case_id, f"unreadable header in {Path(path).name}") from None
+    return Geometry(
+        size=tuple(int(s) for s in reader.GetSize()),
+        spacing=tuple(float(s) for s in reader.GetSpacing()),
+        origin=tuple(float(o) for o in reader.GetOrigin()),
+        direction=tuple(float(d) for d in reader.GetDirection()),
+    )
 
 
 def read_volume(path: Path, case_id: str) -> tuple[np.ndarray, Geometry]:
@@ -137,6 +166,8 @@ def read_label(path: Path, case_id: str, image_geometry: Geometry | None = None,
 
 def validate_label_values(array: np.ndarray, case_id: str, name: str, max_label: int = 14) -> np.ndarray:
     """Return the label array as uint8 after checking its values."""
+    if array.dtype == np.uint8 and int(array.max(initial=0)) <= max_label:
+        return array  # the common case, without np.unique's full sort
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all() or not np.array_equal(array, np.round(array)):
             raise CaseError(case_id, f"{name} has non-integer label values")
@@ -178,6 +209,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates 0600 files; outputs get the permissions of a plain open().
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -12,6 +12,15 @@ from pathlib import Path
 IMAGE_SUFFIX = "_0000.nii.gz"
 LABEL_SUFFIX = ".nii.gz"
 
+# One folder per per-case artifact under the work root.
+TUMOR_PSEUDO_LABELS = "tumor_pseudo_labels"
+PARTIAL_FUSED_LABELS = "partial_fused_labels"
+ORGAN_FUSED_LABELS = "organ_fused_labels"
+LABEL_QUALITY = "label_quality"
+PREDICTIONS = "predictions"
+EVALUATIONS = "evaluations"
+PREVIEWS = "previews"
+
 
 @dataclass(frozen=True)
 class DataLayout:

@@ -44,8 +44,10 @@ class GridSpec:
 
 
 SIZES: dict[str, GridSpec] = {
-    # ~64x64x45 voxels: a 350 mm abdomen at ~6 mm in-plane, ~4 mm slices.
-    "tiny": GridSpec(64, (5.8, 6.2), (42, 48), (3.6, 4.2), (-5.0, 5.0)),
+    # ~64x64x37 voxels: a 350 mm abdomen at ~6 mm in-plane, 7-8 mm slices. Slices
+    # thicker than the in-plane spacing, as in FLARE, so nnU-Net keeps axial
+    # slices as the 2D teacher's planes.
+    "tiny": GridSpec(64, (5.8, 6.2), (34, 40), (7.0, 8.0), (-5.0, 5.0)),
     # FLARE-like: 512x512, 0.7-0.9 mm in-plane, 2.5-3 mm slices, 250-420 mm long.
     "full": GridSpec(512, (0.7, 0.9), (100, 140), (2.5, 3.0), (-30.0, 10.0)),
 }

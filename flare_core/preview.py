@@ -52,3 +52,41 @@ def png_markdown(png: bytes, title: str = "preview") -> str:
     """Markdown that shows PNG bytes inline (Dagster's MetadataValue.md)."""
     encoded = base64.b64encode(png).decode("ascii")
     return f"![{title}](data:image/png;base64,{encoded})"
+
+
+def training_curve_png(train_loss: list[float], val_loss: list[float], pseudo_dice: list[float]) -> bytes:
+    """Loss and pseudo-Dice per epoch, the picture nnU-Net users look at first."""
+    fig, loss_axis = plt.subplots(figsize=(5, 3), dpi=80)
+    epochs = range(len(train_loss))
+    loss_axis.plot(epochs, train_loss, label="train loss", color="tab:blue")
+    if val_loss:
+        loss_axis.plot(range(len(val_loss)), val_loss, label="val loss", color="tab:red")
+    loss_axis.set_xlabel("epoch")
+    loss_axis.set_ylabel("loss")
+    dice_axis = loss_axis.twinx()
+    if pseudo_dice:
+        dice_axis.plot(range(len(pseudo_dice)), pseudo_dice, label="pseudo-Dice", color="tab:green", linestyle="--")
+    dice_axis.set_ylabel("pseudo-Dice")
+    dice_axis.set_ylim(0, 1)
+    fig.legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    buffer = _io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def score_bars_png(names: list[str], dsc: list[float], nsd: list[float]) -> bytes:
+    """Per-class DSC and NSD as grouped bars: the evaluation summary's plot."""
+    fig, axis = plt.subplots(figsize=(7, 3), dpi=80)
+    x = np.arange(len(names))
+    axis.bar(x - 0.2, dsc, width=0.4, label="DSC")
+    axis.bar(x + 0.2, nsd, width=0.4, label="NSD")
+    axis.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
+    axis.set_ylim(0, 1)
+    axis.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = _io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()

@@ -52,3 +52,27 @@ def instance(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     with DagsterInstance.ephemeral() as inst:
         yield inst
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tiny_data_root, tmp_path_factory):
+    """The whole pipeline built so far, run once on tiny data with the `test`
+    profile through the real Dagster machinery; many tests inspect its results.
+
+    Returns (instance, resources, reports by stage name, work root)."""
+    from dagster import DagsterInstance
+
+    from flare_assets import pipeline
+
+    work = tmp_path_factory.mktemp("pipeline_work")
+    home = tmp_path_factory.mktemp("pipeline_dagster_home")
+    resources = make_resources(tiny_data_root, work)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FLARE_DATA_ROOT", str(tiny_data_root))
+    mp.setenv("FLARE_WORK_ROOT", str(work))
+    mp.setenv("FLARE_PROFILE", "test")
+    mp.setenv("FLARE_DEVICE", "cpu")
+    with DagsterInstance.from_config(str(home)) as instance:
+        reports = pipeline.run_all(instance, resources)
+        yield instance, resources, {r.name: r for r in reports}, work
+    mp.undo()

@@ -49,6 +49,20 @@ def load_inventory(work: WorkLayout, split: str, case_id: str) -> CaseInventory 
     return CaseInventory.from_dict(json.loads(path.read_text())) if path.exists() else None
 
 
+def require_inventory(work: WorkLayout, split: str, case_id: str) -> CaseInventory:
+    """The registered, check-passing inventory of a case, or a `CaseError`."""
+    failure = registration_failure(work, split, case_id)
+    if failure:
+        raise CaseError(case_id, f"registration failed: {failure}")
+    inventory = load_inventory(work, split, case_id)
+    if inventory is None:
+        raise CaseError(case_id, "not registered yet (materialize its registration first)")
+    if not inventory.ok:
+        problems = "; ".join(p for plist in inventory.problems.values() for p in plist)
+        raise CaseError(case_id, f"registration checks failed: {problems}")
+    return inventory
+
+
 def registration_failure(work: WorkLayout, split: str, case_id: str) -> str | None:
     """The reason the latest registration of a case failed, if it did."""
     path = error_path(work, split, case_id)

@@ -7,13 +7,14 @@ import shutil
 from dagster import build_sensor_context
 
 from flare_core.layout import DataLayout
-from flare_assets.resources import FlareDataRoot
+from flare_assets.resources import FlareDataRoot, FlareWorkRoot
 from flare_assets.sensors import inference_case_sensor, training_case_sensor
 
 
-def _tick(sensor, instance, root, cursor=None):
-    context = build_sensor_context(instance=instance, cursor=cursor,
-                                   resources={"data_root": FlareDataRoot(path=str(root))})
+def _tick(sensor, instance, root, cursor=None, work=None):
+    resources = {"data_root": FlareDataRoot(path=str(root)),
+                 "work_root": FlareWorkRoot(path=str(work or root.parent / "work"))}
+    context = build_sensor_context(instance=instance, cursor=cursor, resources=resources)
     result = sensor(context)
     for request in result.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
@@ -66,3 +67,14 @@ def test_inference_sensor_uses_its_own_partition_set(data_root_copy, instance):
     _tick(inference_case_sensor, instance, data_root_copy)
     assert len(instance.get_dynamic_partitions("inference_cases")) == 2
     assert instance.get_dynamic_partitions("training_cases") == []
+
+
+def test_new_cases_get_their_whole_chain_once_the_models_exist(pipeline_run, data_root_copy, instance):
+    _, _, _, work = pipeline_run
+    first = _tick(training_case_sensor, instance, data_root_copy, work=work)
+    selection = [k.path[0] for k in first.run_requests[0].asset_selection]
+    assert selection == ["training_case", "tumor_pseudo_label", "partial_fused_label", "organ_fused_label",
+                         "label_quality"]
+    infer = _tick(inference_case_sensor, instance, data_root_copy, work=work)
+    assert [k.path[0] for k in infer.run_requests[0].asset_selection] == ["inference_case", "prediction",
+                                                                         "evaluation"]

@@ -1,0 +1,79 @@
+"""Label quality against a complete ground truth, when the data has one.
+
+Phantom data ships the full ground truth of every training case; real FLARE23
+does not, and there these assets record that they were skipped.
+"""
+import json
+
+from dagster import AssetExecutionContext, BackfillPolicy, MaterializeResult, MetadataValue, asset
+
+from flare_core import label_quality as lq
+from flare_core.io import Geometry, write_json
+from flare_core.layout import LABEL_QUALITY, ORGAN_FUSED_LABELS, PARTIAL_FUSED_LABELS, TUMOR_PSEUDO_LABELS
+from flare_assets import metadata as md
+from flare_assets.assets.cases import require_inventory
+from flare_assets.batching import run_batch
+from flare_assets.partitions import training_cases
+from flare_assets.resources import FlareDataRoot, FlareWorkRoot
+
+
+@asset(
+    partitions_def=training_cases,
+    deps=["organ_fused_label", "tumor_pseudo_label"],
+    group_name="quality",
+    backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=50),
+    kinds={"json"},
+)
+def label_quality(context: AssetExecutionContext, data_root: FlareDataRoot,
+                  work_root: FlareWorkRoot) -> MaterializeResult:
+    """DSC / NSD of the tumor pseudo-label, the partial label alone, the organ
+    pseudo-label alone and both fused labels against the case's complete
+    ground truth. Skipped (and says so) where no ground truth exists."""
+    work, data = work_root.layout, data_root.layout
+
+    def score(case_id: str) -> dict:
+        truth = data.ground_truth(case_id)
+        path = work.per_case(LABEL_QUALITY, case_id, ".json")
+        if not truth.exists():
+            write_json({"case_id": case_id, "skipped": "no ground truth"}, path)
+            return {"status": "skipped: no complete ground truth for this case"}
+        inventory = require_inventory(work, "train", case_id)
+        tumor = work.per_case(TUMOR_PSEUDO_LABELS, case_id)
+        sources = {
+            lq.TUMOR_PSEUDO: tumor if tumor.exists() and not inventory.annotates_tumor else None,
+            lq.PARTIAL_ONLY: inventory.label_path,
+            lq.ORGAN_PSEUDO_ONLY: inventory.organ_pseudo_label_path,
+            lq.PARTIAL_FUSED: work.per_case(PARTIAL_FUSED_LABELS, case_id),
+            lq.ORGAN_FUSED: work.per_case(ORGAN_FUSED_LABELS, case_id),
+        }
+        rows = lq.score_sources(case_id, truth, Geometry.from_dict(inventory.geometry), sources)
+        write_json({"case_id": case_id, "rows": rows}, path)
+        return {"status": "scored", "by_source": md.table(lq.source_table(rows))}
+
+    outcome = run_batch(context, score)
+    return MaterializeResult(metadata=outcome.summary)
+
+
+@asset(deps=[label_quality], group_name="quality", kinds={"json"})
+def label_quality_summary(context: AssetExecutionContext, work_root: FlareWorkRoot) -> MaterializeResult:
+    """Mean label quality per source over every scored training case: the
+    value of fusion at a glance (fused vs partial-only vs organ-pseudo-only)."""
+    work = work_root.layout
+    rows, scored, skipped = [], [], []
+    for case_id in sorted(context.instance.get_dynamic_partitions(training_cases.name)):
+        path = work.per_case(LABEL_QUALITY, case_id, ".json")
+        if not path.exists():
+            continue
+        record = json.loads(path.read_text())
+        (skipped if "skipped" in record else scored).append(case_id)
+        rows += record.get("rows", [])
+    table = lq.source_table(rows) if rows else []
+    out = write_json({"cases": scored, "skipped": skipped, "by_source": table},
+                     work.manifests / "label_quality_summary.json")
+    context.log.info("label quality: %d cases scored, %d skipped", len(scored), len(skipped))
+    return MaterializeResult(metadata={
+        "cases_scored": len(scored),
+        "cases_skipped": len(skipped),
+        "by_source": md.table(table) if table else MetadataValue.text("no case has a complete ground truth"),
+        "path": MetadataValue.path(str(out)),
+    })

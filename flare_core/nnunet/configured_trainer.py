@@ -1,0 +1,125 @@
+"""An nnU-Net trainer that takes its hyper-parameters from the plans.
+
+The planners store `TrainingSettings` in `plans["configurations"][cfg]
+["flare_training"]`; this trainer reads them in `__init__`, so one class serves
+the faithful and the small profiles, and a results folder's plans.json records
+exactly how its model was trained. The constructor keeps nnU-Net's signature
+(nnU-Net re-creates trainers from their saved init arguments).
+
+Changes to stock nnU-Net, each only when the settings ask for it:
+- epochs, iterations, learning rate, weight decay, momentum, oversampling;
+- elastic deformation: nnU-Net v2's SpatialTransform supports it but the
+  stock pipeline sets its probability to 0; here it is switched on in the
+  pipeline nnU-Net builds (nothing else of the pipeline is touched);
+- no mirroring, in training and as test-time augmentation;
+- checkpoint_latest every `save_every` epochs (resume granularity) and the
+  progress plot only every `plot_every` epochs;
+- `epoch_callback(epoch, train_loss, val_pseudo_dice, seconds)` after each
+  epoch, for progress reporting by the caller.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from flare_core.nnunet.settings import TRAINING_KEY, TrainingSettings
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, float, float, float], None]
+
+
+class PixelsAsPatchFraction:
+    """Elastic smoothing width drawn in pixels, given to SpatialTransform as a
+    fraction of the patch edge (its unit). A class, not a lambda, so the
+    augmentation pipeline stays picklable for worker processes."""
+
+    def __init__(self, low: float, high: float):
+        self.low, self.high = float(low), float(high)
+
+    def __call__(self, *args, patch_size=None, dim=None, **kwargs) -> float:
+        edge = min(patch_size) if dim is None else patch_size[dim]
+        return float(np.random.uniform(self.low, self.high)) / float(edge)
+
+
+class ConfiguredTrainer(nnUNetTrainer):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.flare_settings = TrainingSettings.from_dict(self.configuration_manager.configuration.get(TRAINING_KEY))
+        s = self.flare_settings
+        self.num_epochs = s.num_epochs
+        self.num_iterations_per_epoch = s.iterations_per_epoch
+        self.num_val_iterations_per_epoch = s.val_iterations_per_epoch
+        self.initial_lr = s.initial_lr
+        self.weight_decay = s.weight_decay
+        self.oversample_foreground_percent = s.oversample_foreground
+        self.enable_deep_supervision = s.deep_supervision
+        self.save_every = max(1, s.save_every)
+        self.epoch_callback: Optional[EpochCallback] = None
+        self._throttle_progress_plot(max(1, s.plot_every))
+
+    def configure_optimizers(self):
+        s = self.flare_settings
+        optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
+                                    momentum=s.momentum, nesterov=s.nesterov)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, initial_patch, mirror_axes = \
+            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        if not self.flare_settings.mirroring:
+            mirror_axes = None
+            self.inference_allowed_mirroring_axes = None  # saved in checkpoints: no mirrored TTA either
+        return rotation, dummy_2d, initial_patch, mirror_axes
+
+    def get_training_transforms(self, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
+                                do_dummy_2d_data_aug, use_mask_for_norm=None, is_cascaded=False,
+                                foreground_labels=None, regions=None, ignore_label=None):
+        pipeline = super().get_training_transforms(
+            patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
+            use_mask_for_norm, is_cascaded, foreground_labels, regions, ignore_label)
+        s = self.flare_settings
+        if s.elastic_probability > 0:
+            spatial = [t for t in pipeline.transforms if isinstance(t, SpatialTransform)]
+            for transform in spatial:
+                transform.p_elastic_deform = s.elastic_probability
+                transform.elastic_deform_scale = PixelsAsPatchFraction(*s.elastic_sigma_px)
+                transform.elastic_deform_magnitude = tuple(float(v) for v in s.elastic_magnitude_px)
+            if not spatial:
+                raise RuntimeError("nnU-Net's training pipeline has no SpatialTransform to deform elastically")
+        return pipeline
+
+    def on_epoch_end(self):
+        epoch = self.current_epoch
+        super().on_epoch_end()  # logs, checkpoints, increments current_epoch
+        if self.epoch_callback is not None:
+            logger = self.logger
+            seconds = logger.get_value("epoch_end_timestamps", epoch) - \
+                logger.get_value("epoch_start_timestamps", epoch)
+            self.epoch_callback(epoch, float(logger.get_value("train_losses", epoch)),
+                                float(logger.get_value("mean_fg_dice", epoch)), float(seconds))
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        # nnU-Net replaces the init arguments with those stored in the
+        # checkpoint (the plans of the interrupted run, e.g. fewer epochs);
+        # later checkpoints should describe this run.
+        init_kwargs = self.my_init_kwargs
+        super().load_checkpoint(filename_or_checkpoint)
+        self.my_init_kwargs = init_kwargs
+
+    def _throttle_progress_plot(self, every: int) -> None:
+        plot = self.logger.plot_progress_png
+
+        def throttled(output_folder: str) -> None:
+            epoch = self.current_epoch
+            if (epoch + 1) % every == 0 or epoch + 1 >= self.num_epochs:
+                plot(output_folder)
+
+        self.logger.plot_progress_png = throttled

@@ -1,0 +1,312 @@
+"""Predicting cases with the trained student, in one of three modes.
+
+* `stock`: nnU-Net v2's own `nnUNetPredictor`, in-process
+  (`predict_single_npy_array`), Gaussian sliding window with step 0.5, test-time
+  mirroring on or off. The reference the other modes are compared with.
+* `fast`: one fold, no mirroring, no nonzero cropping; normalisation and
+  trilinear resampling in torch on the inference device; Gaussian sliding
+  window on nnU-Net's grid (fp16 on GPU, float32 on CPU) keeping only the
+  argmax; the label map resized (nearest) back to the original grid.
+* `fastest`: `fast` plus the FLARE22 window-skipping rules
+  (`flare_core.nnunet.fastest_rules`).
+
+The model is loaded once (`StudentPredictor.from_results`) and then predicts
+any number of cases. Labels come back in SimpleITK's (z, y, x) order with the
+input image's exact geometry.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+from flare_core.io import Geometry, read_ct, write_volume
+from flare_core.nnunet.fastest_rules import FastestRules, StepTrace, predict_with_rules
+from flare_core.nnunet.model_loading import LoadedStudent, load_student
+from flare_core.nnunet.sliding_window import WindowCounts, WindowRunner, predict_all_windows
+from flare_core.nnunet.torch_preprocessing import (
+    normalize_ct,
+    pad_to_patch,
+    resample_volume,
+    resampled_shape,
+    resize_labels,
+)
+
+log = logging.getLogger(__name__)
+
+MODES = ("stock", "fast", "fastest")
+
+
+@dataclass
+class PredictionResult:
+    """One predicted case. `label` is uint8 (z, y, x) on the image's grid.
+
+    `peak_memory_bytes`: on CUDA the peak GPU memory torch allocated during
+    this prediction; on CPU the process's peak resident memory so far (VmHWM;
+    the operating system keeps no per-call peak: run one mode per process to
+    compare modes).
+    """
+
+    label: np.ndarray
+    geometry: Geometry
+    seconds: float
+    windows_evaluated: int
+    windows_skipped: int
+    class_voxel_counts: dict[int, int]
+    mode: str
+    peak_memory_bytes: int | None = None
+    case_id: str | None = None
+    output_path: Path | None = None
+    step_trace: list[StepTrace] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-friendly description without the label array."""
+        return {
+            "case_id": self.case_id,
+            "mode": self.mode,
+            "seconds": round(self.seconds, 3),
+            "windows_evaluated": self.windows_evaluated,
+            "windows_skipped": self.windows_skipped,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "class_voxel_counts": {str(k): v for k, v in self.class_voxel_counts.items()},
+            "output_path": str(self.output_path) if self.output_path else None,
+        }
+
+
+class _CountingPredictor(nnUNetPredictor):
+    """nnU-Net's predictor, remembering how many windows its last case had."""
+
+    last_window_count = 0
+
+    def _internal_get_sliding_window_slicers(self, image_size):
+        slicers = super()._internal_get_sliding_window_slicers(image_size)
+        self.last_window_count = len(slicers)
+        return slicers
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far.
+
+    Linux's VmHWM belongs to the process's own address space. getrusage's
+    ru_maxrss is kept across exec, so a worker started by a large parent
+    would report the parent's size; it is only the fallback off Linux.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
+
+
+def class_voxel_counts(label: np.ndarray, num_classes: int, chunk_voxels: int = 1 << 22) -> dict[int, int]:
+    """Voxels per foreground class. Counted in chunks: np.bincount widens its
+    input to int64, which for a whole 512 x 512 x 200 map is an 800 MB copy."""
+    flat = label.reshape(-1)
+    counts = np.zeros(max(num_classes, int(label.max(initial=0)) + 1), dtype=np.int64)
+    for begin in range(0, flat.size, chunk_voxels):
+        chunk = np.bincount(flat[begin:begin + chunk_voxels], minlength=counts.size)
+        counts[:chunk.size] += chunk
+    return {int(c): int(counts[c]) for c in range(1, counts.size)}
+
+
+class StudentPredictor:
+    """A loaded student and one inference mode; predicts case after case."""
+
+    def __init__(self, model: LoadedStudent, mode: str = "fastest", *, device: str | torch.device = "auto",
+                 num_threads: int | None = None, mirroring: bool = False, tile_step_size: float = 0.5,
+                 rules: FastestRules | None = None, window_batch_size: int = 1, channels_last: bool = False,
+                 mirror_axes: tuple[int, ...] | None = None):
+        """`num_threads`: torch CPU threads (default: every CPU this process may
+        use). `tile_step_size`: window step as a fraction of the patch (z steps
+        for `fastest`). `mirroring` and `mirror_axes` apply to `stock` only:
+        test-time mirroring over `mirror_axes`, by default the axes the
+        checkpoint allows (none for a student trained without mirroring, as
+        FLARE22's was). `rules`: the `fastest` thresholds, by default FLARE22's
+        scaled to this model's patch (`FastestRules.scaled_to_patch`).
+        `window_batch_size` windows go through the network at once;
+        `channels_last` uses torch's channels-last-3d layout (neither changed
+        CPU speed measurably here, so both are off by default)."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "stock" and model.plans_manager is None:
+            raise ValueError("the stock mode needs nnU-Net's plans: load the model with load_student")
+        self.model = model
+        self.mode = mode
+        self.device = resolve_device(device)
+        self.num_threads = num_threads or available_cores()
+        # Set deliberately: torch's default may count cores this process may not use.
+        torch.set_num_threads(self.num_threads)
+        self.mirroring = mirroring
+        self.mirror_axes = tuple(mirror_axes) if mirror_axes is not None else model.mirror_axes
+        if mode == "stock" and mirroring and not self.mirror_axes:
+            log.warning("mirroring requested but the checkpoint allows no mirror axes: nnU-Net will not mirror")
+        self.tile_step_size = tile_step_size
+        slab_patch = [model.plan.patch_size[axis] for axis in slab_order(model.plan.transpose_forward)]
+        self.rules = rules or FastestRules.scaled_to_patch(slab_patch)
+        self.window_batch_size = window_batch_size
+        self._stock: _CountingPredictor | None = None
+        self._runner: WindowRunner | None = None
+        if mode == "stock":
+            self._stock = self._make_stock_predictor()
+        else:
+            if self.device.type == "cuda":
+                torch.backends.cudnn.benchmark = True  # one patch size: autotuning pays off
+            self._runner = WindowRunner(model.network, self.device, channels_last=channels_last)
+        log.info("student predictor: mode=%s device=%s threads=%d%s", mode, self.device, self.num_threads,
+                 f" rules={self.rules}" if mode == "fastest" else "")
+
+    @classmethod
+    def from_results(cls, results_folder: Path, mode: str = "fastest", device: str | torch.device = "auto",
+                     num_threads: int | None = None, fold: str | int = "all",
+                     checkpoint_name: str = "checkpoint_final.pth", **options) -> "StudentPredictor":
+        """Load a nnU-Net v2 results folder once; `options` go to the constructor."""
+        started = time.perf_counter()
+        model = load_student(Path(results_folder), fold=fold, checkpoint_name=checkpoint_name)
+        model.load_seconds = time.perf_counter() - started
+        return cls(model, mode, device=device, num_threads=num_threads, **options)
+
+    def _make_stock_predictor(self) -> _CountingPredictor:
+        predictor = _CountingPredictor(
+            tile_step_size=self.tile_step_size, use_gaussian=True, use_mirroring=self.mirroring,
+            perform_everything_on_device=self.device.type == "cuda", device=self.device,
+            verbose=False, allow_tqdm=False,
+        )
+        m = self.model
+        predictor.manual_initialization(m.network, m.plans_manager, m.configuration_manager, [m.state_dict],
+                                        m.dataset_json, m.trainer_name, self.mirror_axes)
+        return predictor
+
+    # ---------------------------------------------------------------- cases
+
+    def predict_case(self, image_path: Path, case_id: str, output_path: Path | None = None) -> PredictionResult:
+        """Read a CT, predict it, optionally write the label map atomically with
+        the image's geometry. `seconds` covers reading, predicting and writing."""
+        started = time.perf_counter()
+        image, geometry = read_ct(Path(image_path), case_id)
+        result = self.predict_array(image, geometry)
+        del image
+        result.case_id = case_id
+        if output_path is not None:
+            result.output_path = write_volume(result.label, geometry, Path(output_path))
+        result.seconds = time.perf_counter() - started
+        log.info("%s: %s %.2f s, windows %d run / %d skipped", case_id, self.mode, result.seconds,
+                 result.windows_evaluated, result.windows_skipped)
+        return result
+
+    def predict_array(self, image_zyx: np.ndarray, geometry: Geometry) -> PredictionResult:
+        """Predict a (z, y, x) CT array whose placement is `geometry`."""
+        if tuple(image_zyx.shape) != geometry.shape_zyx:
+            raise ValueError(f"image shape {image_zyx.shape} does not match geometry {geometry.shape_zyx}")
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        started = time.perf_counter()
+        trace: list[StepTrace] = []
+        if self.mode == "stock":
+            label, counts = self._predict_stock(image_zyx, geometry.spacing_zyx)
+        else:
+            label, counts, trace = self._predict_efficient(image_zyx, geometry.spacing_zyx)
+        label = np.ascontiguousarray(label, dtype=np.uint8)
+        return PredictionResult(
+            label=label, geometry=geometry, seconds=time.perf_counter() - started,
+            windows_evaluated=counts.evaluated, windows_skipped=counts.skipped,
+            class_voxel_counts=class_voxel_counts(label, self.model.plan.num_classes),
+            mode=self.mode, peak_memory_bytes=self._peak_memory(), step_trace=trace,
+        )
+
+    def _peak_memory(self) -> int:
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        return peak_rss_bytes()
+
+    # ---------------------------------------------------------------- modes
+
+    def _predict_stock(self, image: np.ndarray, spacing_zyx: Sequence[float]) -> tuple[np.ndarray, WindowCounts]:
+        assert self._stock is not None
+        # nnU-Net's SimpleITK reader gives (c, z, y, x) and spacing in (z, y, x): the same as ours.
+        label = self._stock.predict_single_npy_array(image[None].astype(np.float32, copy=False),
+                                                     {"spacing": [float(s) for s in spacing_zyx]})
+        return label, WindowCounts(evaluated=self._stock.last_window_count)
+
+    def _predict_efficient(self, image: np.ndarray, spacing_zyx: Sequence[float]
+                           ) -> tuple[np.ndarray, WindowCounts, list[StepTrace]]:
+        plan = self.model.plan
+        with torch.inference_mode():
+            # One copy (dtype, axis order and device at once): normalisation
+            # works in place and must not touch the caller's array.
+            source = torch.from_numpy(image).permute(plan.transpose_forward)
+            volume = torch.empty(source.shape, dtype=torch.float32, device=self.device).copy_(source)
+            del source
+            original_shape = tuple(volume.shape)
+            spacing = [spacing_zyx[axis] for axis in plan.transpose_forward]
+            normalize_ct(volume, plan.normalization, plan.intensity_properties)
+            volume = resample_volume(volume, resampled_shape(original_shape, spacing, plan.target_spacing))
+            volume, unpad = pad_to_patch(volume, plan.patch_size)
+            labels, counts, trace = self._slide(volume)
+            del volume
+            labels = resize_labels(labels[unpad], original_shape)
+            labels = labels.permute(plan.transpose_backward).cpu().numpy()
+        return labels, counts, trace
+
+    def _slide(self, volume: torch.Tensor) -> tuple[torch.Tensor, WindowCounts, list[StepTrace]]:
+        """Slide along the image's own z axis, wherever the plans put it.
+
+        nnU-Net puts the coarsest axis first (`transpose_forward`), which for
+        some data sets is not z. The sliding window steps along its first
+        axis, and the `fastest` rules are about z steps (air above and below
+        the abdomen), so the volume is viewed with z first and every window
+        is handed to the network in the network's own axis order.
+        """
+        plan = self.model.plan
+        order = slab_order(plan.transpose_forward)
+        inverse = tuple(order.index(axis) for axis in range(3))
+        patch = tuple(plan.patch_size[axis] for axis in order)
+        run = self._runner
+        if order != (0, 1, 2):
+            volume = volume.permute(order).contiguous()
+
+            def run(windows: torch.Tensor) -> torch.Tensor:
+                logits = self._runner(windows.permute(0, 1, *(2 + a for a in inverse)))
+                return logits.permute(0, 1, *(2 + a for a in order))
+
+        if self.mode == "fast":
+            labels, counts = predict_all_windows(volume, run, patch, plan.num_classes, self.tile_step_size,
+                                                 self.window_batch_size)
+            trace: list[StepTrace] = []
+        else:
+            labels, counts, trace = predict_with_rules(volume, run, patch, plan.num_classes, self.rules,
+                                                       self.tile_step_size, self.window_batch_size)
+        return labels.permute(inverse), counts, trace
+
+
+def slab_order(transpose_forward: Sequence[int]) -> tuple[int, int, int]:
+    """Network axes reordered so that the image's z axis (SimpleITK array axis
+    0) comes first, the other two keeping their order."""
+    z_axis = list(transpose_forward).index(0)
+    return (z_axis, *(axis for axis in range(3) if axis != z_axis))

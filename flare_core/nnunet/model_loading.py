@@ -1,0 +1,148 @@
+"""Loading a trained nnU-Net v2 student once, to predict many cases.
+
+A standard nnU-Net v2 results folder (`.../DatasetXXX_Name/<Trainer>__<Plans>__<cfg>/`)
+holds `plans.json`, `dataset.json` and `fold_<f>/checkpoint_final.pth`. The
+network is rebuilt straight from the plans' architecture entry (a dotted class
+path resolved by nnU-Net's `get_network_from_plans`); the trainer is never
+looked up by name, because that walks nnunetv2's trainer folders and imports
+optional trainers that need torchvision, which fails on the CPU build of torch.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_NORMALIZATION = ("CTNormalization", "ZScoreNormalization")
+
+
+@dataclass(frozen=True)
+class InferencePlan:
+    """What the efficient predictor needs from the plans, in one place.
+
+    `patch_size` and `target_spacing` are in the network's axis order, i.e. the
+    SimpleITK (z, y, x) array order permuted by `transpose_forward`.
+    """
+
+    patch_size: tuple[int, int, int]
+    target_spacing: tuple[float, float, float]
+    transpose_forward: tuple[int, int, int]
+    normalization: str
+    intensity_properties: Mapping[str, float]
+    num_classes: int
+
+    @property
+    def transpose_backward(self) -> tuple[int, int, int]:
+        inverse = [0, 0, 0]
+        for position, axis in enumerate(self.transpose_forward):
+            inverse[axis] = position
+        return tuple(inverse)
+
+    @classmethod
+    def from_managers(cls, plans_manager: PlansManager, configuration: ConfigurationManager,
+                      num_classes: int) -> "InferencePlan":
+        if len(configuration.patch_size) != 3:
+            raise ValueError(f"the efficient predictor needs a 3D configuration, got patch {configuration.patch_size}")
+        schemes = list(configuration.normalization_schemes)
+        if len(schemes) != 1 or schemes[0] not in SUPPORTED_NORMALIZATION:
+            raise ValueError(f"unsupported normalisation {schemes}: "
+                             f"one CT channel with one of {SUPPORTED_NORMALIZATION}")
+        properties = plans_manager.foreground_intensity_properties_per_channel.get("0", {})
+        return cls(
+            patch_size=tuple(int(p) for p in configuration.patch_size),
+            target_spacing=tuple(float(s) for s in configuration.spacing),
+            transpose_forward=tuple(int(t) for t in plans_manager.transpose_forward),
+            normalization=schemes[0],
+            intensity_properties={k: float(v) for k, v in properties.items()},
+            num_classes=int(num_classes),
+        )
+
+
+@dataclass
+class LoadedStudent:
+    """A network with its weights loaded, plus everything needed to run it."""
+
+    network: nn.Module
+    plan: InferencePlan
+    # nnU-Net's own objects: only the `stock` mode needs them.
+    plans_manager: PlansManager | None = None
+    configuration_manager: ConfigurationManager | None = None
+    dataset_json: dict = field(default_factory=dict)
+    state_dict: dict | None = None
+    trainer_name: str = "unknown"
+    mirror_axes: tuple[int, ...] | None = None
+    results_folder: Path | None = None
+    load_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_network(plans_manager: PlansManager, configuration: ConfigurationManager,
+                  dataset_json: dict) -> nn.Module:
+    """The plans' architecture with deep supervision off (inference needs one output)."""
+    num_inputs = determine_num_input_channels(plans_manager, configuration, dataset_json)
+    num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
+    return get_network_from_plans(
+        configuration.network_arch_class_name,
+        configuration.network_arch_init_kwargs,
+        configuration.network_arch_init_kwargs_req_import,
+        num_inputs,
+        num_outputs,
+        allow_init=False,  # weights come from the checkpoint
+        deep_supervision=False,
+    )
+
+
+def _configuration_name(results_folder: Path, checkpoint: Mapping[str, Any]) -> str:
+    init_args = checkpoint.get("init_args") or {}
+    if "configuration" in init_args:
+        return str(init_args["configuration"])
+    # nnU-Net names the folder <Trainer>__<Plans>__<configuration>
+    parts = results_folder.name.split("__")
+    if len(parts) != 3:
+        raise ValueError(f"cannot tell the configuration of {results_folder}")
+    return parts[2]
+
+
+def load_student(results_folder: Path, fold: str | int = "all",
+                 checkpoint_name: str = "checkpoint_final.pth") -> LoadedStudent:
+    """Read plans, dataset.json and one fold's checkpoint; build the network on CPU.
+
+    Only load checkpoints this platform wrote: they hold numpy scalars, so
+    `weights_only=False` is needed, which can execute code from a hostile file.
+    """
+    results_folder = Path(results_folder)
+    checkpoint_path = results_folder / f"fold_{fold}" / checkpoint_name
+    for required in (results_folder / "plans.json", results_folder / "dataset.json", checkpoint_path):
+        if not required.is_file():
+            raise FileNotFoundError(f"nnU-Net results folder is missing {required}")
+    plans_manager = PlansManager(load_json(str(results_folder / "plans.json")))
+    dataset_json = load_json(str(results_folder / "dataset.json"))
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    configuration = plans_manager.get_configuration(_configuration_name(results_folder, checkpoint))
+    network = build_network(plans_manager, configuration, dataset_json)
+    network.load_state_dict(checkpoint["network_weights"])
+    network.eval()
+    mirror_axes = checkpoint.get("inference_allowed_mirroring_axes")
+    num_classes = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
+    log.info("loaded %s (%s, fold %s, %d classes)", results_folder.name, checkpoint_name, fold, num_classes)
+    return LoadedStudent(
+        network=network,
+        plan=InferencePlan.from_managers(plans_manager, configuration, num_classes),
+        plans_manager=plans_manager,
+        configuration_manager=configuration,
+        dataset_json=dataset_json,
+        state_dict=checkpoint["network_weights"],
+        trainer_name=str(checkpoint.get("trainer_name", "unknown")),
+        mirror_axes=tuple(mirror_axes) if mirror_axes is not None else None,
+        results_folder=results_folder,
+    )

@@ -1,0 +1,44 @@
+"""Label quality against phantom ground truth, and a clean skip without it."""
+import json
+import shutil
+
+from dagster import AssetKey, DagsterInstance, materialize
+
+from flare_core import label_quality as lq
+from flare_assets.assets.quality import label_quality, label_quality_summary
+from flare_assets.pipeline import latest_metadata
+from tests.conftest import make_resources
+
+
+def test_every_label_source_is_scored_against_ground_truth(pipeline_run):
+    instance, _, reports, work = pipeline_run
+    assert len(reports["label_quality"].done) == 10
+    summary = json.loads((work / "manifests" / "label_quality_summary.json").read_text())
+    assert len(summary["cases"]) == 10 and summary["skipped"] == []
+    by_source = {row["source"]: row for row in summary["by_source"]}
+    assert set(by_source) == set(lq.SOURCES)
+    # Fusion adds the organ pseudo-label's classes to the partial label.
+    assert by_source[lq.ORGAN_FUSED]["organ_dsc"] > by_source[lq.PARTIAL_FUSED]["organ_dsc"]
+    assert by_source[lq.ORGAN_FUSED]["organ_dsc"] > by_source[lq.PARTIAL_ONLY]["organ_dsc"]
+    assert by_source[lq.TUMOR_PSEUDO]["organ_dsc"] is None  # a tumor mask is scored on tumor only
+    meta = latest_metadata(instance, AssetKey("label_quality_summary"))
+    assert meta["cases_scored"] == 10
+
+
+def test_quality_is_skipped_cleanly_without_ground_truth(pipeline_run, tmp_path):
+    instance, resources, _, work = pipeline_run
+    data = tmp_path / "data"
+    shutil.copytree(resources["data_root"].path, data)
+    shutil.rmtree(data / "train" / "ground_truth")
+    private_work = tmp_path / "work"
+    shutil.copytree(work, private_work)
+    case_id = instance.get_dynamic_partitions("training_cases")[0]
+    with DagsterInstance.ephemeral() as fresh:
+        fresh.add_dynamic_partitions("training_cases", [case_id])
+        resources = make_resources(data, private_work)
+        assert materialize([label_quality], partition_key=case_id, instance=fresh, resources=resources).success
+        meta = latest_metadata(fresh, AssetKey("label_quality"), case_id)
+        assert meta["status"].startswith("skipped")
+        assert materialize([label_quality_summary], instance=fresh, resources=resources).success
+        summary = latest_metadata(fresh, AssetKey("label_quality_summary"))
+        assert summary["cases_scored"] == 0 and summary["cases_skipped"] == 1

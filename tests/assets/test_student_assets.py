@@ -1,0 +1,62 @@
+"""Student plans and weights, predictions and the FLARE evaluation, through
+the real Dagster machinery on tiny data."""
+import json
+from pathlib import Path
+
+import numpy as np
+from dagster import AssetKey
+
+from flare_core.io import read_volume
+from flare_core.layout import DataLayout
+from flare_assets.pipeline import latest_metadata
+
+
+def test_student_plans_record_the_fused_labels_they_consumed(pipeline_run):
+    instance, _, reports, work = pipeline_run
+    assert reports["student_plans"].done == ["all"]
+    manifest = json.loads((work / "manifests" / "student_plans.json").read_text())
+    assert len(manifest["cases"]) == 10
+    for case_id, hashes in manifest["cases"].items():
+        assert len(hashes["label"]) == 64 and len(hashes["image"]) == 64
+    meta = latest_metadata(instance, AssetKey("student_plans"))
+    row = meta["configuration"].records[0].data
+    assert row["configuration"] == "3d_fullres" and row["network_class"].endswith("PlainConvUNet")
+    assert meta["manifest_digest"] == manifest["digest"]
+
+
+def test_student_weights_are_trained_on_that_manifest(pipeline_run):
+    instance, _, _, work = pipeline_run
+    meta = latest_metadata(instance, AssetKey("student_weights"))
+    manifest = json.loads((work / "manifests" / "student_plans.json").read_text())
+    assert meta["manifest_digest"] == manifest["digest"]
+    assert (Path(meta["results_folder"]) / "fold_all" / "checkpoint_final.pth").is_file()
+
+
+def test_predictions_keep_the_exact_geometry_of_every_inference_case(pipeline_run, tiny_data_root):
+    instance, _, reports, work = pipeline_run
+    layout = DataLayout(tiny_data_root)
+    assert sorted(reports["prediction"].done) == ["FLARE23Ts_0001", "FLARE23Ts_0002"]
+    flipped = 0
+    for case_id in reports["prediction"].done:
+        label, geometry = read_volume(work / "predictions" / f"{case_id}.nii.gz", case_id)
+        _, image_geometry = read_volume(layout.infer_image(case_id), case_id)
+        assert geometry.differences(image_geometry) == []
+        assert label.dtype == np.uint8 and label.max() <= 14
+        flipped += image_geometry.direction[0] < 0
+        meta = latest_metadata(instance, AssetKey("prediction"), case_id)
+        assert meta["windows_evaluated"] >= 1 and meta["seconds"] > 0 and meta["peak_memory_mb"] > 0
+        assert "data:image/png;base64," in meta["preview"]
+        assert meta["mode"] == "fastest"
+    assert flipped >= 1, "the phantom gives some inference cases a non-identity direction"
+
+
+def test_evaluation_by_the_official_rules_and_its_summary(pipeline_run):
+    instance, _, reports, work = pipeline_run
+    assert len(reports["evaluation"].done) == 2
+    record = json.loads((work / "evaluations" / "FLARE23Ts_0001.json").read_text())
+    assert [s["class_id"] for s in record["scores"]] == list(range(1, 15))
+    assert all(0.0 <= s["dsc"] <= 1.0 and 0.0 <= s["nsd"] <= 1.0 for s in record["scores"])
+    summary = latest_metadata(instance, AssetKey("evaluation_summary"))
+    rows = {r.data["row"]: r.data for r in summary["summary"].records}
+    assert {"liver", "organs mean", "tumor", "all"} <= set(rows)
+    assert summary["cases_evaluated"] == 2 and "data:image/png;base64," in summary["plot"]

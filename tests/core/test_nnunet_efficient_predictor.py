@@ -1,0 +1,115 @@
+"""The three inference modes on a real (tiny) trained nnU-Net v2 student.
+
+A module fixture runs nnU-Net's whole pipeline on synthetic CT (raw dataset,
+fingerprint, ExperimentPlanner, preprocessing, a short training on CPU) and
+yields a standard results folder; every mode loads it as it would a real one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flare_core.io import Geometry, read_label, write_volume
+from flare_core.labels import AORTA, LIVER
+from flare_core.nnunet.efficient_predictor import StudentPredictor
+from flare_core.nnunet.environment import scoped_env
+from flare_core.nnunet.toy_student import AIR_HU, build_toy_student, toy_case
+
+FLIPPED = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+SPACING_XYZ = (0.8, 0.8, 3.0)
+MODES = [("stock", False), ("stock", True), ("fast", False), ("fastest", False)]
+
+
+@pytest.fixture(scope="module")
+def results_folder(tmp_path_factory) -> Path:
+    # nnU-Net's folder variables only for the build, so other tests see none of them
+    with scoped_env(nnUNet_raw=None, nnUNet_preprocessed=None, nnUNet_results=None):
+        return build_toy_student(tmp_path_factory.mktemp("toy_student"))
+
+
+@pytest.fixture(scope="module")
+def predictors(results_folder) -> dict:
+    return {(mode, mirroring): StudentPredictor.from_results(results_folder, mode, device="cpu",
+                                                             mirroring=mirroring)
+            for mode, mirroring in MODES}
+
+
+@pytest.fixture(scope="module")
+def case_file(tmp_path_factory) -> tuple[Path, np.ndarray, Geometry]:
+    case = toy_case(4242, spacing_xyz=SPACING_XYZ, direction=FLIPPED)
+    geometry = Geometry(case.geometry.size, case.geometry.spacing, (-120.5, 80.25, -300.0), FLIPPED)
+    path = write_volume(case.image, geometry, tmp_path_factory.mktemp("cases") / "toy_0000.nii.gz")
+    return path, case.labels, geometry
+
+
+@pytest.fixture(scope="module")
+def predictions(predictors, case_file, tmp_path_factory) -> dict:
+    path, _, _ = case_file
+    out = tmp_path_factory.mktemp("predictions")
+    return {key: predictor.predict_case(path, "toy", out / f"{key[0]}_{key[1]}.nii.gz")
+            for key, predictor in predictors.items()}
+
+
+def dice(a: np.ndarray, b: np.ndarray, label: int) -> float:
+    a, b = a == label, b == label
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
+
+
+@pytest.mark.parametrize("key", MODES, ids=[f"{m}-mirror" if r else m for m, r in MODES])
+def test_every_mode_writes_the_images_exact_geometry(predictions, case_file, key):
+    _, truth, geometry = case_file
+    result = predictions[key]
+    written, written_geometry = read_label(result.output_path, "toy", image_geometry=geometry)
+    assert written_geometry.differences(geometry) == []
+    assert written.shape == truth.shape == result.label.shape
+    np.testing.assert_array_equal(written, result.label)
+    assert result.windows_evaluated > 0 and result.peak_memory_bytes > 0
+
+
+@pytest.mark.parametrize("key", MODES, ids=[f"{m}-mirror" if r else m for m, r in MODES])
+def test_the_trained_student_finds_the_organ(predictions, case_file, key):
+    _, truth, _ = case_file
+    assert dice(predictions[key].label, truth, LIVER) > 0.6
+
+
+def test_fast_agrees_with_stock_without_mirroring(predictions):
+    stock, fast = predictions[("stock", False)], predictions[("fast", False)]
+    assert fast.windows_evaluated == stock.windows_evaluated  # same nnU-Net window grid
+    assert dice(fast.label, stock.label, LIVER) > 0.85
+    assert dice(fast.label, stock.label, AORTA) > 0.6
+
+
+def padded_with_air(image: np.ndarray, labels: np.ndarray, slices: int) -> tuple[np.ndarray, np.ndarray]:
+    pad = ((slices, slices), (0, 0), (0, 0))
+    return np.pad(image, pad, constant_values=AIR_HU), np.pad(labels, pad)
+
+
+def test_fastest_skips_air_and_agrees_with_fast_where_the_organs_are(predictors):
+    case = toy_case(777, spacing_xyz=SPACING_XYZ, direction=FLIPPED)
+    image, _ = padded_with_air(case.image, case.labels, 40)
+    geometry = Geometry((image.shape[2], image.shape[1], image.shape[0]), case.geometry.spacing,
+                        case.geometry.origin, FLIPPED)
+    fast = predictors[("fast", False)].predict_array(image.astype(np.float32), geometry)
+    fastest = predictors[("fastest", False)].predict_array(image.astype(np.float32), geometry)
+    assert fastest.windows_skipped > 0 and fastest.windows_evaluated < fast.windows_evaluated
+    # the full 3 x 3 in-plane grid over every z step, run or skipped
+    z_steps = {step.z for step in fastest.step_trace}
+    assert fastest.windows_evaluated + fastest.windows_skipped >= 9 * len(z_steps)
+    air = np.concatenate([fastest.label[:30], fastest.label[-30:]])
+    assert (air > 0).mean() < 0.005  # air stays background, up to a few stray voxels
+    assert dice(fastest.label, fast.label, LIVER) > 0.9
+    assert fastest.label.shape == image.shape
+
+
+def test_fastest_window_counts_add_up(predictors, case_file):
+    path, _, _ = case_file
+    result = predictors[("fastest", False)].predict_case(path, "toy")
+    trace = result.step_trace
+    run_outer = sum(step.outer_run for step in trace)
+    skipped_outer = sum(step.outer_skipped for step in trace)
+    skipped_steps = sum(step.next_step_skipped for step in trace)
+    assert result.windows_evaluated == len(trace) + run_outer
+    assert result.windows_skipped == skipped_outer + 9 * skipped_steps

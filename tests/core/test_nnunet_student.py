@@ -1,0 +1,98 @@
+"""The student: faithful FLARE22 small nnU-Net plans, and a short training through nnU-Net (CPU)."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+
+from flare_core.layout import WorkLayout
+from flare_core.nnunet import training
+from flare_core.nnunet.dataset_export import export_student_dataset
+from flare_core.nnunet.profiles import get_profile
+from flare_core.nnunet.settings import PLAIN_UNET, TRAINING_KEY
+from flare_core.nnunet.student_trainer import FlareStudentTrainer
+from tests.core.nnunet_fixtures import write_sphere_cases
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    root = tmp_path_factory.mktemp("student")
+    cases = write_sphere_cases(root / "data", list(range(4)))
+    work = WorkLayout(root / "work")
+    exported = export_student_dataset(cases, work.nnunet_raw)
+    # Faithful plans (planning only: preprocessing tiny data at 1.2 mm would be pointless) ...
+    faithful = training.plan_and_preprocess(work, exported.dataset_name, get_profile("flare23").student,
+                                            num_processes=1, preprocess=False)
+    faithful_plans = json.loads(faithful.plans_path.read_text())
+    # ... then the test profile, which reuses the fingerprint, and a short training.
+    settings = get_profile("test").student
+    small = training.plan_and_preprocess(work, exported.dataset_name, settings, num_processes=1)
+    epochs: list[int] = []
+    summary = training.train(work, exported.dataset_name, settings, "cpu", seed=0, threads=1,
+                             on_epoch=lambda e, *_: epochs.append(e))
+    return dict(work=work, name=exported.dataset_name, faithful=faithful, faithful_plans=faithful_plans,
+                small=small, summary=summary, epochs=epochs, settings=settings)
+
+
+def test_student_plans_carry_the_flare22_small_configuration(student):
+    plans = student["faithful_plans"]
+    assert list(plans["configurations"]) == ["3d_fullres"]
+    cfg = plans["configurations"]["3d_fullres"]
+    assert cfg["spacing"] == [4.0, 1.2, 1.2]
+    assert cfg["patch_size"] == [32, 128, 192]
+    assert cfg["batch_size"] == 2
+    arch = cfg["architecture"]
+    assert arch["network_class_name"] == PLAIN_UNET
+    kw = arch["arch_kwargs"]
+    assert kw["n_stages"] == 5
+    assert kw["features_per_stage"] == [16, 32, 64, 128, 256]
+    assert kw["kernel_sizes"] == [[1, 3, 3]] + [[3, 3, 3]] * 4
+    assert kw["strides"] == [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]]
+    assert kw["n_conv_per_stage"] == [2] * 5 and kw["n_conv_per_stage_decoder"] == [2] * 4
+    assert kw["norm_op"] == "torch.nn.modules.instancenorm.InstanceNorm3d"
+    assert kw["nonlin"] == "torch.nn.LeakyReLU"
+    t = cfg[TRAINING_KEY]
+    assert (t["num_epochs"], t["iterations_per_epoch"]) == (1500, 250)
+    assert (t["initial_lr"], t["momentum"], t["nesterov"], t["weight_decay"]) == (0.01, 0.99, True, 3e-5)
+    assert t["mirroring"] is False and t["elastic_probability"] == pytest.approx(0.2)
+    assert student["faithful"].preprocessed is False
+
+
+def test_student_trains_without_mirroring(student):
+    summary = student["summary"]
+    assert student["epochs"] == [0, 1] and summary.epochs_completed == 2
+    assert summary.model_folder.name == "FlareStudentTrainer__FlareStudentPlans__3d_fullres"
+    checkpoint = torch.load(summary.checkpoint, map_location="cpu", weights_only=False)
+    assert checkpoint["trainer_name"] == "FlareStudentTrainer"
+    assert checkpoint["inference_allowed_mirroring_axes"] is None  # no mirrored test-time augmentation
+
+
+def test_student_augmentation_has_elastic_deformation_and_no_mirroring(student):
+    work, name = student["work"], student["name"]
+    plans = json.loads(student["small"].plans_path.read_text())
+    dataset_json = json.loads((work.nnunet_preprocessed / name / "dataset.json").read_text())
+    trainer = FlareStudentTrainer(plans=dict(plans, continue_training=False), configuration="3d_fullres",
+                                  fold="all", dataset_json=dataset_json, device=torch.device("cpu"))
+    rotation, dummy_2d, _, mirror_axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    assert mirror_axes is None and trainer.inference_allowed_mirroring_axes is None
+    pipeline = trainer.get_training_transforms(trainer.configuration_manager.patch_size, rotation, None,
+                                               mirror_axes, dummy_2d)
+    spatial = [t for t in pipeline.transforms if isinstance(t, SpatialTransform)]
+    assert len(spatial) == 1 and spatial[0].p_elastic_deform == pytest.approx(0.2)
+    assert not any(isinstance(t, MirrorTransform) for t in pipeline.transforms)
+    assert trainer.num_epochs == 2 and trainer.initial_lr == pytest.approx(student["settings"].training.initial_lr)
+
+
+def test_changed_plans_restart_training_from_scratch(student):
+    settings = student["settings"]
+    changed = replace(settings, training=replace(settings.training, initial_lr=0.02))
+    epochs: list[int] = []
+    summary = training.train(student["work"], student["name"], changed, "cpu", epochs=1, seed=0, threads=1,
+                             on_epoch=lambda e, *_: epochs.append(e))
+    assert epochs == [0] and not summary.skipped and summary.resumed_from_epoch is None
+    assert summary.epochs_completed == 1
+    assert summary.checkpoint_sha256 != student["summary"].checkpoint_sha256

@@ -6,9 +6,17 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install --quiet --constraint constraints.txt
 export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 
-.PHONY: setup demo test ui clean-demo
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup demo test ui clean-demo chromium
 
 setup: $(VENV)/.installed
+	@command -v chromium >/dev/null || $(MAKE) chromium
+
+# Debian's Chromium for the UI test (Playwright drives it; it downloads nothing).
+chromium:
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
 
 # Every pip call passes constraints.txt: it keeps torch on the CPU build.
 $(VENV)/.installed: pyproject.toml constraints.txt

@@ -5,18 +5,21 @@ Assets that run a model declare a batched backfill policy and iterate
 good case is still recorded as materialized (with its own metadata), and the
 run then fails naming exactly the cases that did not work.
 
-The per-case work returns that case's metadata; a multi-asset's work returns
+Transient I/O errors (OSError) retry the run a few times; bad input
+(`CaseError`) never does. The per-case work returns that case's metadata; a multi-asset's work returns
 {AssetKey: metadata} for each of its assets.
 """
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from dagster import AssetExecutionContext, AssetKey, AssetMaterialization, Failure
+from dagster import AssetExecutionContext, AssetKey, AssetMaterialization, Failure, RetryRequested
 
 from flare_core.io import CaseError
 
 CaseWork = Callable[[str], Mapping]
+IO_RETRIES = 2
+IO_RETRY_SECONDS = 5
 
 
 @dataclass
@@ -43,9 +46,12 @@ def run_batch(context: AssetExecutionContext, work: CaseWork) -> BatchOutcome:
     for case_id in context.partition_keys:
         try:
             outcome.metadata[case_id] = dict(work(case_id))
-        except CaseError as error:
+        except CaseError as error:  # bad input: final for this case, never retried
             context.log.error(str(error))
             outcome.failures[case_id] = str(error)
+        except OSError as error:  # storage trouble (NFS hiccup, full disk): retry the run
+            context.log.warning("case %s: I/O error %s; retrying the batch", case_id, error)
+            raise RetryRequested(max_retries=IO_RETRIES, seconds_to_wait=IO_RETRY_SECONDS) from error
     outcome.seconds = time.perf_counter() - started
     if outcome.failures:
         _record_successes_and_fail(context, outcome)

@@ -26,6 +26,7 @@ from dagster import (
 
 from flare_core.cases import INFER, TRAIN, case_files, case_signature, discover_cases
 from flare_core.layout import DataLayout
+from flare_assets import settings
 from flare_assets.partitions import inference_cases, training_cases
 from flare_assets.resources import FlareDataRoot, FlareWorkRoot
 
@@ -94,7 +95,8 @@ def _build_case_sensor(name: str, split: str, partitions: DynamicPartitionsDefin
         name=name,
         asset_selection=[asset_key] + DOWNSTREAM[split][1],
         minimum_interval_seconds=30,
-        default_status=DefaultSensorStatus.RUNNING,
+        default_status=(DefaultSensorStatus.RUNNING if settings.sensors_start_running()
+                        else DefaultSensorStatus.STOPPED),
         description=f"Registers {split} cases that appear or change under the data root.",
     )
     def _case_sensor(context: SensorEvaluationContext, data_root: FlareDataRoot, work_root: FlareWorkRoot):

@@ -5,6 +5,7 @@ FLARE_WORK_ROOT   where every output is written              default ./demo/work
 FLARE_PROFILE     run profile: cpu (demo), test, flare23     default cpu
 FLARE_DEVICE      auto, cpu or cuda                          default auto
 FLARE_INFERENCE_MODE  fastest, fast or stock                 default fastest
+FLARE_SENSORS     on: case sensors start running; off: they start stopped   default on
 """
 from __future__ import annotations
 
@@ -32,3 +33,7 @@ def device() -> str:
 
 def inference_mode() -> str:
     return os.environ.get("FLARE_INFERENCE_MODE", "fastest")
+
+
+def sensors_start_running() -> bool:
+    return os.environ.get("FLARE_SENSORS", "on").lower() not in {"off", "0", "false", "no"}

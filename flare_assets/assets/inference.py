@@ -2,11 +2,12 @@
 evaluation by the official FLARE23 rules."""
 import json
 import math
+import time
 
 from dagster import AssetExecutionContext, BackfillPolicy, MaterializeResult, MetadataValue, asset
 
 from flare_core import labels
-from flare_core.io import Geometry, read_ct, read_label, write_bytes, write_json
+from flare_core.io import Geometry, read_ct, read_label, write_bytes, write_json, write_volume
 from flare_core.layout import EVALUATIONS, PREDICTIONS, PREVIEWS
 from flare_core.metrics import evaluate_case, summarize
 from flare_core.preview import preview_png, score_bars_png
@@ -39,17 +40,20 @@ def prediction(context: AssetExecutionContext, work_root: FlareWorkRoot,
 
     def predict(case_id: str) -> dict:
         inventory = require_inventory(work, "infer", case_id)
-        result = predictor.predict_case(inventory.image_path, case_id, work.per_case(PREDICTIONS, case_id))
-        image, _ = read_ct(inventory.image_path, case_id)
+        started = time.perf_counter()
+        image, geometry = read_ct(inventory.image_path, case_id)  # read once: prediction and preview
+        result = predictor.predict_array(image, geometry)
+        path = write_volume(result.label, geometry, work.per_case(PREDICTIONS, case_id))
+        seconds = time.perf_counter() - started
         png = preview_png(image, result.label)
         write_bytes(png, work.per_case(PREVIEWS, f"{case_id}.prediction", ".png"))
         voxel_ml = math.prod(result.geometry.spacing) / 1000.0
         counts = [{"class": labels.CLASS_NAMES[c], "voxels": n, "volume_ml": round(n * voxel_ml, 2)}
                   for c, n in sorted(result.class_voxel_counts.items()) if c in labels.FOREGROUND]
         return {
-            "path": MetadataValue.path(str(result.output_path)),
+            "path": MetadataValue.path(str(path)),
             "mode": result.mode,
-            "seconds": round(result.seconds, 2),
+            "seconds": round(seconds, 2),
             "peak_memory_mb": round((result.peak_memory_bytes or 0) / 2**20, 1),
             "windows_evaluated": result.windows_evaluated,
             "windows_skipped": result.windows_skipped,

@@ -59,31 +59,31 @@ def _ranged(keys: list[str], selection: list[AssetKey], order: list[str], label:
     return [RunRequest(run_key=f"{label}:{first}:{last}", asset_selection=selection, tags=tags)]
 
 
+def _model_step(instance, work, model: str, wanted, chain: list[AssetKey], per_case_asset: str, partitions,
+                per_case_chain: list[AssetKey]) -> list[RunRequest] | None:
+    """Retrain `model` if what it would train on changed; else redo the per-case
+    outputs made with an older checkpoint; else None."""
+    trained_digest, checkpoint = _trained_digest(work, f"{model}_weights")
+    if wanted.cases and wanted.digest != trained_digest:
+        return [RunRequest(run_key=f"{model}:{wanted.digest}", asset_selection=chain,
+                           tags={"flare/trigger": f"retrain-{model}"})]
+    stale = _stale_partitions(instance, per_case_asset, partitions, checkpoint) if checkpoint else []
+    if stale:
+        order = instance.get_dynamic_partitions(partitions.name)
+        return _ranged(stale, per_case_chain, order, f"refresh-{per_case_asset}-{checkpoint[:8]}")
+    return None
+
+
 def refresh_requests(context: ScheduleEvaluationContext, work_root: FlareWorkRoot) -> list[RunRequest] | SkipReason:
     """The next step that is due, or a skip reason saying that nothing is."""
     instance, work = context.instance, work_root.layout
     inventories, unavailable = collect_inventories(context, work, "train")
-    teacher_digest, teacher_sha = _trained_digest(work, "teacher_weights")
-    wanted_teacher = build_tumor_subset(inventories, unavailable)
-    if wanted_teacher.cases and wanted_teacher.digest != teacher_digest:
-        return [RunRequest(run_key=f"teacher:{wanted_teacher.digest}", asset_selection=TEACHER_CHAIN,
-                           tags={"flare/trigger": "retrain-teacher"})]
-    if teacher_sha:
-        stale = _stale_partitions(instance, "tumor_pseudo_label", training_cases, teacher_sha)
-        if stale:
-            order = instance.get_dynamic_partitions(training_cases.name)
-            return _ranged(stale, CASE_CHAIN, order, f"refresh-labels-{teacher_sha[:8]}")
-    student_digest, student_sha = _trained_digest(work, "student_weights")
-    wanted_student = fused_label_manifest(context, work)
-    if wanted_student.cases and wanted_student.digest != student_digest:
-        return [RunRequest(run_key=f"student:{wanted_student.digest}", asset_selection=STUDENT_CHAIN,
-                           tags={"flare/trigger": "retrain-student"})]
-    if student_sha:
-        stale = _stale_partitions(instance, "prediction", inference_cases, student_sha)
-        if stale:
-            order = instance.get_dynamic_partitions(inference_cases.name)
-            return _ranged(stale, INFER_CHAIN, order, f"refresh-predictions-{student_sha[:8]}")
-    return SkipReason("models and per-case outputs are up to date with the registered cases")
+    due = _model_step(instance, work, "teacher", build_tumor_subset(inventories, unavailable), TEACHER_CHAIN,
+                      "tumor_pseudo_label", training_cases, CASE_CHAIN)
+    # The student's manifest hashes every fused label: computed only when the teacher side is settled.
+    due = due or _model_step(instance, work, "student", fused_label_manifest(context, work), STUDENT_CHAIN,
+                             "prediction", inference_cases, INFER_CHAIN)
+    return due or SkipReason("models and per-case outputs are up to date with the registered cases")
 
 
 def _build_schedule(name: str, chain: list[AssetKey], cron: str, what: str):

@@ -2,10 +2,17 @@
 
 Layout written under `<nnUNet_raw>/DatasetXXX_Name/`:
 
-    dataset.json                 channel_names {"0": "CT"}, labels, numTraining, file_ending
-    imagesTr/<case>_0000.nii.gz  symbolic link to the original image (copy if links fail)
-    labelsTr/<case>.nii.gz       written from the transformed label array with the image's geometry
+    dataset.json                 channel_names {"0": "CT"}, labels, numTraining, file_ending,
+                                 flare_orientation (the canonical orientation, "LPS")
+    imagesTr/<case>_0000.nii.gz  the image in the canonical orientation: a symbolic link to the
+                                 original when it is stored that way already (copy if links fail),
+                                 else the original reoriented (`flare_core.orientation`)
+    labelsTr/<case>.nii.gz       the transformed label array, reoriented, with the exported image's geometry
     flare_export_manifest.json   what each exported case was made from (content hashes)
+
+nnU-Net reads voxels in stored order, so every case is exported in one
+orientation; nnU-Net copies dataset.json into the model's results folder,
+where the predictors read the orientation back.
 
 Inputs are never modified. Exporting again is idempotent: a case whose image
 and label are unchanged (content hash; size + mtime avoid rehashing) and whose
@@ -29,9 +36,13 @@ import numpy as np
 from flare_core import labels as flare_labels
 from flare_core.cases import case_id_problem
 from flare_core.io import (
-    CaseError, atomic_path, file_sha256, read_geometry, read_label, write_json, write_text, write_volume,
+    CaseError, atomic_path, file_sha256, read_geometry, read_image, read_label, write_image, write_json,
+    write_text, write_volume,
 )
 from flare_core.layout import IMAGE_SUFFIX, LABEL_SUFFIX
+from flare_core.orientation import (
+    CANONICAL_ORIENTATION, DATASET_JSON_KEY, check_orientation_code, is_oriented, reorient_array, reorient_image,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +71,7 @@ class ExportResult:
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     digest: str = ""
-    image_mode: dict[str, str] = field(default_factory=dict)  # case -> "symlink" | "copy"
+    image_mode: dict[str, str] = field(default_factory=dict)  # case -> "symlink" | "copy" | "reoriented"
 
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:
@@ -101,12 +112,19 @@ def export_student_dataset(cases: Iterable[ExportCase], raw_root: Path, dataset_
 
 
 def export_dataset(cases: Iterable[ExportCase], raw_root: Path, dataset_name: str, labels: Mapping[str, int],
-                   label_transform: LabelTransform, transform_tag: str, description: str = "") -> ExportResult:
-    """Export `cases` as the nnU-Net raw dataset `dataset_name` under `raw_root`.
+                   label_transform: LabelTransform, transform_tag: str, description: str = "",
+                   orientation: str = CANONICAL_ORIENTATION) -> ExportResult:
+    """Export `cases` as the nnU-Net raw dataset `dataset_name` under `raw_root`,
+    images and labels in `orientation`.
 
-    `transform_tag` names the label transform; changing it re-exports every label.
+    `transform_tag` names the label transform; changing it (or the orientation)
+    re-exports every case.
     """
     cases = _checked_cases(cases)
+    orientation = check_orientation_code(orientation)
+    # The orientation is part of what was exported: exports made before it was
+    # recorded (tag without it, stored order) are redone, not trusted.
+    transform_tag = f"{transform_tag};orientation={orientation}"
     folder = Path(raw_root) / dataset_name
     images_dir, labels_dir = folder / "imagesTr", folder / "labelsTr"
     images_dir.mkdir(parents=True, exist_ok=True)
@@ -117,13 +135,14 @@ def export_dataset(cases: Iterable[ExportCase], raw_root: Path, dataset_name: st
     result = ExportResult(dataset_name=dataset_name, folder=folder, cases=[c.case_id for c in cases])
     entries: dict[str, Any] = {}
     for case in cases:
-        entry, changed = _export_case(case, images_dir, labels_dir, old_cases.get(case.case_id), label_transform)
+        entry, changed = _export_case(case, images_dir, labels_dir, old_cases.get(case.case_id), label_transform,
+                                      orientation)
         entries[case.case_id] = entry
         result.image_mode[case.case_id] = entry["image_mode"]
         (result.written if changed else result.unchanged).append(case.case_id)
 
     result.removed = _remove_stale(images_dir, labels_dir, set(entries))
-    _write_dataset_json(folder, dataset_name, labels, [c.case_id for c in cases], description)
+    _write_dataset_json(folder, dataset_name, labels, [c.case_id for c in cases], description, orientation)
     manifest = {"transform": transform_tag, "labels": dict(labels), "cases": entries}
     result.digest = _digest(manifest)
     write_json({**manifest, "digest": result.digest}, folder / MANIFEST_NAME)
@@ -152,7 +171,7 @@ def _checked_cases(cases: Iterable[ExportCase]) -> list[ExportCase]:
 
 
 def _export_case(case: ExportCase, images_dir: Path, labels_dir: Path, old: Mapping[str, Any] | None,
-                 label_transform: LabelTransform) -> tuple[dict[str, Any], bool]:
+                 label_transform: LabelTransform, orientation: str) -> tuple[dict[str, Any], bool]:
     """Export one case unless its sources and outputs are unchanged; returns (entry, written)."""
     image_out = images_dir / f"{case.case_id}{IMAGE_SUFFIX}"
     label_out = labels_dir / f"{case.case_id}{LABEL_SUFFIX}"
@@ -169,12 +188,16 @@ def _export_case(case: ExportCase, images_dir: Path, labels_dir: Path, old: Mapp
 
     geometry = read_geometry(Path(case.image), case.case_id)  # header only: images can be large
     if not image_ok:
-        entry["image_mode"] = _link_or_copy(Path(case.image), image_out)
+        if is_oriented(geometry, orientation):
+            entry["image_mode"] = _link_or_copy(Path(case.image), image_out)
+        else:
+            entry["image_mode"] = _write_reoriented(Path(case.image), case.case_id, image_out, orientation)
     if not label_ok or not image_ok:
         label, _ = read_label(Path(case.label), case.case_id, image_geometry=geometry)
-        # Written with the image's geometry so nnU-Net sees identical headers
-        # even where the label file carried float noise in its own.
-        write_volume(label_transform(label), geometry, label_out)
+        # Placed with the image's geometry and reoriented exactly as the image
+        # is, so nnU-Net sees identical headers even where the label file
+        # carried float noise in its own.
+        write_volume(*reorient_array(label_transform(label), geometry, orientation), label_out)
     return entry, True
 
 
@@ -194,9 +217,15 @@ def _source_record(path: Path, case_id: str, old: Mapping[str, Any] | None) -> d
 def _image_export_present(exported: Path, source: Path, mode: str | None) -> bool:
     if mode == "symlink":
         return exported.is_symlink() and Path(os.readlink(exported)) == source.resolve()
-    if mode == "copy":
+    if mode in ("copy", "reoriented"):
         return exported.is_file() and not exported.is_symlink()
     return False
+
+
+def _write_reoriented(source: Path, case_id: str, target: Path, orientation: str) -> str:
+    """Write the image reoriented to `orientation` (voxel type kept), atomically."""
+    write_image(reorient_image(read_image(source, case_id), orientation), target)
+    return "reoriented"
 
 
 def _link_or_copy(source: Path, target: Path) -> str:
@@ -232,7 +261,7 @@ def _remove_stale(images_dir: Path, labels_dir: Path, keep: set[str]) -> list[st
 
 
 def _write_dataset_json(folder: Path, dataset_name: str, labels: Mapping[str, int], case_ids: list[str],
-                        description: str) -> None:
+                        description: str, orientation: str) -> None:
     content = {
         "name": dataset_name,
         "description": description,
@@ -240,6 +269,9 @@ def _write_dataset_json(folder: Path, dataset_name: str, labels: Mapping[str, in
         "labels": dict(labels),
         "numTraining": len(case_ids),
         "file_ending": LABEL_SUFFIX,
+        # nnU-Net ignores keys it does not know and copies dataset.json into
+        # the results folder: the model folder records how inputs must look.
+        DATASET_JSON_KEY: orientation,
         # An explicit case list: without it nnU-Net lists the folder with a
         # fork-based Pool, which can deadlock in a process that already runs
         # threads (torch, Dagster's event log), as it did here in a demo run.

@@ -11,8 +11,11 @@
   (`flare_core.nnunet.fastest_rules`).
 
 The model is loaded once (`StudentPredictor.from_results`) and then predicts
-any number of cases. Labels come back in SimpleITK's (z, y, x) order with the
-input image's exact geometry.
+any number of cases. In every mode the image is first reoriented to the
+model's orientation (`LoadedStudent.orientation`, from the model folder's
+dataset.json; a model without one reads stored order) and the label map put
+back on the input's grid. Labels come back in SimpleITK's (z, y, x) order
+with the input image's exact geometry.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ from flare_core.nnunet.torch_preprocessing import (
     resampled_shape,
     resize_labels,
 )
+from flare_core.orientation import ModelInput, restore_array
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +183,8 @@ class StudentPredictor:
             if self.device.type == "cuda":
                 torch.backends.cudnn.benchmark = True  # one patch size: autotuning pays off
             self._runner = WindowRunner(model.network, self.device, channels_last=channels_last)
-        log.info("student predictor: mode=%s device=%s threads=%d%s", mode, self.device, self.num_threads,
+        log.info("student predictor: mode=%s device=%s threads=%d orientation=%s%s", mode, self.device,
+                 self.num_threads, model.orientation or "stored order",
                  f" rules={self.rules}" if mode == "fastest" else "")
 
     @classmethod
@@ -221,18 +226,23 @@ class StudentPredictor:
         return result
 
     def predict_array(self, image_zyx: np.ndarray, geometry: Geometry) -> PredictionResult:
-        """Predict a (z, y, x) CT array whose placement is `geometry`."""
+        """Predict a (z, y, x) CT array whose placement is `geometry`; the label
+        map comes back on that array's own grid."""
         if tuple(image_zyx.shape) != geometry.shape_zyx:
             raise ValueError(f"image shape {image_zyx.shape} does not match geometry {geometry.shape_zyx}")
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         started = time.perf_counter()
+        view = ModelInput.of(image_zyx, geometry, self.model.orientation)
         trace: list[StepTrace] = []
         if self.mode == "stock":
-            label, counts = self._predict_stock(image_zyx, geometry.spacing_zyx)
+            label, counts = self._predict_stock(view.array, view.geometry.spacing_zyx)
         else:
-            label, counts, trace = self._predict_efficient(image_zyx, geometry.spacing_zyx)
-        label = np.ascontiguousarray(label, dtype=np.uint8)
+            label, counts, trace = self._predict_efficient(view.array, view.geometry.spacing_zyx)
+        model_geometry = view.geometry
+        del view  # a reoriented copy of the image: free it before the label map is put back
+        label = restore_array(np.ascontiguousarray(label, dtype=np.uint8), model_geometry, geometry)
+        label = np.ascontiguousarray(label)
         return PredictionResult(
             label=label, geometry=geometry, seconds=time.perf_counter() - started,
             windows_evaluated=counts.evaluated, windows_skipped=counts.skipped,

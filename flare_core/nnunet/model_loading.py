@@ -6,6 +6,8 @@ network is rebuilt straight from the plans' architecture entry (a dotted class
 path resolved by nnU-Net's `get_network_from_plans`); the trainer is never
 looked up by name, because that walks nnunetv2's trainer folders and imports
 optional trainers that need torchvision, which fails on the CPU build of torch.
+The orientation the model was trained in is read from the folder's
+dataset.json (`LoadedStudent.orientation`, see `flare_core.orientation`).
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
+
+from flare_core.orientation import model_orientation
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +89,12 @@ class LoadedStudent:
     load_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def orientation(self) -> str | None:
+        """The orientation inputs must have (dataset.json's `flare_orientation`);
+        None for a model that reads voxels in stored order."""
+        return model_orientation(self.dataset_json)
+
 
 def build_network(plans_manager: PlansManager, configuration: ConfigurationManager,
                   dataset_json: dict) -> nn.Module:
@@ -127,6 +137,7 @@ def load_student(results_folder: Path, fold: str | int = "all",
             raise FileNotFoundError(f"nnU-Net results folder is missing {required}")
     plans_manager = PlansManager(load_json(str(results_folder / "plans.json")))
     dataset_json = load_json(str(results_folder / "dataset.json"))
+    orientation = model_orientation(dataset_json)  # a bad entry fails here, not at the first case
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     configuration = plans_manager.get_configuration(_configuration_name(results_folder, checkpoint))
     network = build_network(plans_manager, configuration, dataset_json)
@@ -134,7 +145,8 @@ def load_student(results_folder: Path, fold: str | int = "all",
     network.eval()
     mirror_axes = checkpoint.get("inference_allowed_mirroring_axes")
     num_classes = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
-    log.info("loaded %s (%s, fold %s, %d classes)", results_folder.name, checkpoint_name, fold, num_classes)
+    log.info("loaded %s (%s, fold %s, %d classes, orientation %s)", results_folder.name, checkpoint_name, fold,
+             num_classes, orientation or "stored order")
     return LoadedStudent(
         network=network,
         plan=InferencePlan.from_managers(plans_manager, configuration, num_classes),

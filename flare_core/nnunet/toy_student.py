@@ -28,6 +28,7 @@ import torch
 
 from flare_core import labels as L
 from flare_core.io import Geometry, write_json, write_volume
+from flare_core.orientation import CANONICAL_ORIENTATION, DATASET_JSON_KEY, reorient_array
 
 log = logging.getLogger(__name__)
 
@@ -100,18 +101,24 @@ def air_case(shape_zyx: Sequence[int] = (24, 64, 64), spacing_xyz: Sequence[floa
 
 
 def export_raw_dataset(cases: Sequence[ToyCase], raw_root: Path, dataset_id: int, name: str) -> Path:
-    """Write an nnU-Net raw dataset (imagesTr, labelsTr, dataset.json with all 15 FLARE classes)."""
+    """Write an nnU-Net raw dataset (imagesTr, labelsTr, dataset.json with all 15 FLARE classes),
+    in the canonical orientation like every dataset of the platform (`flare_core.orientation`)."""
     folder = Path(raw_root) / f"Dataset{dataset_id:03d}_{name}"
     for index, case in enumerate(cases):
         case_id = f"toy_{index:03d}"
-        write_volume(case.image, case.geometry, folder / "imagesTr" / f"{case_id}_0000.nii.gz")
-        write_volume(case.labels, case.geometry, folder / "labelsTr" / f"{case_id}.nii.gz")
+        write_volume(*reorient_array(case.image, case.geometry), folder / "imagesTr" / f"{case_id}_0000.nii.gz")
+        write_volume(*reorient_array(case.labels, case.geometry), folder / "labelsTr" / f"{case_id}.nii.gz")
     write_json({
         "channel_names": {"0": "CT"},
         "labels": {L.CLASS_NAMES[c]: c for c in range(L.MAX_LABEL + 1)},
         "numTraining": len(cases),
         "file_ending": ".nii.gz",
         "name": name,
+        DATASET_JSON_KEY: CANONICAL_ORIENTATION,
+        # An explicit case list: otherwise nnU-Net lists the folder with a fork-based
+        # Pool, which deadlocks in a process that already runs threads (seen in the suite).
+        "dataset": {f"toy_{i:03d}": {"images": [f"imagesTr/toy_{i:03d}_0000.nii.gz"],
+                                     "label": f"labelsTr/toy_{i:03d}.nii.gz"} for i in range(len(cases))},
     }, folder / "dataset.json")
     return folder
 

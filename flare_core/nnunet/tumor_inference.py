@@ -7,7 +7,10 @@ with `manual_initialization`. That avoids nnU-Net's trainer lookup by name,
 which imports every trainer shipped with nnunetv2, some of which need
 torchvision, and torchvision does not import with the CPU build of torch.
 Prediction runs in-process (`predict_single_npy_array`: no worker pools),
-with Gaussian-weighted sliding windows and no mirroring.
+with Gaussian-weighted sliding windows and no mirroring. Each image is
+reoriented to the orientation the model was trained in (`flare_orientation`
+in the model folder's dataset.json; a model without it reads stored order)
+and the mask put back on the image's own grid and geometry.
 
 The same folder works with stock nnU-Net on a machine where torchvision
 imports (any CUDA install of torch), given the trainer class can be found:
@@ -22,6 +25,8 @@ two trainers:
 
 (`flare_core` must be importable, e.g. `pip install -e .`, because the plans
 name the network class `flare_core.nnunet.attention_unet.AttentionUNet`.)
+Stock nnU-Net does not reorient: give it images already in the model's
+orientation (`flare_core.orientation.reorient_image`).
 Or from Python: `nnUNetPredictor(...).initialize_from_trained_model_folder(
 <model folder>, use_folds=("all",))`.
 """
@@ -42,6 +47,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from flare_core.io import Geometry, file_sha256, read_ct, write_volume
 from flare_core.nnunet.environment import select_device
+from flare_core.orientation import ModelInput, model_orientation
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +57,13 @@ CHECKPOINT = "checkpoint_final.pth"
 class TumorPredictor:
     """A trained teacher, ready to predict binary tumor masks case after case."""
 
-    def __init__(self, predictor: nnUNetPredictor, model_folder: Path, checkpoint_sha256: str | None = None):
+    def __init__(self, predictor: nnUNetPredictor, model_folder: Path, checkpoint_sha256: str | None = None,
+                 orientation: str | None = None):
+        """`orientation`: the one the model was trained in; None reads images in stored order."""
         self.predictor = predictor
         self.model_folder = Path(model_folder)
         self.checkpoint_sha256 = checkpoint_sha256
+        self.orientation = orientation
         self.load_seconds = 0.0
 
     @classmethod
@@ -82,25 +91,30 @@ class TumorPredictor:
                                     verbose=False, allow_tqdm=False)
         predictor.manual_initialization(network, plans, configuration, [state["network_weights"]], dataset_json,
                                         state["trainer_name"], None)
-        loaded = cls(predictor, model_folder, file_sha256(checkpoint_path))
+        orientation = model_orientation(dataset_json)
+        loaded = cls(predictor, model_folder, file_sha256(checkpoint_path), orientation)
         loaded.load_seconds = time.perf_counter() - start
-        log.info("loaded teacher %s (%s) on %s in %.1f s", model_folder.name, state["trainer_name"], device,
-                 loaded.load_seconds)
+        log.info("loaded teacher %s (%s, orientation %s) on %s in %.1f s", model_folder.name, state["trainer_name"],
+                 orientation or "stored order", device, loaded.load_seconds)
         return loaded
 
-    def predict_array(self, image: np.ndarray, spacing_zyx: tuple[float, float, float]) -> np.ndarray:
-        """Binary uint8 mask (z, y, x) of an image array (z, y, x) with its spacing."""
-        segmentation = self.predictor.predict_single_npy_array(
-            image[None].astype(np.float32, copy=False), {"spacing": [float(s) for s in spacing_zyx]})
-        return (np.asarray(segmentation) == 1).astype(np.uint8)
+    def predict_array(self, image: np.ndarray, geometry: Geometry) -> np.ndarray:
+        """Binary uint8 mask (z, y, x) of an image array (z, y, x) placed at
+        `geometry`, on that array's own grid."""
+        view = ModelInput.of(image, geometry, self.orientation)
+        spacing = [float(s) for s in view.geometry.spacing_zyx]
+        segmentation = self.predictor.predict_single_npy_array(view.array[None].astype(np.float32, copy=False),
+                                                               {"spacing": spacing})
+        mask = (np.asarray(segmentation) == 1).astype(np.uint8)
+        if mask.shape != view.geometry.shape_zyx:
+            raise RuntimeError(f"prediction shape {mask.shape} != model input {view.geometry.shape_zyx}")
+        return view.restore(mask)
 
     def predict_case(self, image_path: Path, case_id: str) -> tuple[np.ndarray, Geometry, float]:
         """(mask, the image's geometry, seconds) for one image file."""
         start = time.perf_counter()
         image, geometry = read_ct(Path(image_path), case_id)
-        mask = self.predict_array(image, geometry.spacing_zyx)
-        if mask.shape != geometry.shape_zyx:
-            raise RuntimeError(f"case {case_id!r}: prediction shape {mask.shape} != image {geometry.shape_zyx}")
+        mask = self.predict_array(image, geometry)
         return mask, geometry, time.perf_counter() - start
 
     def predict_to_file(self, image_path: Path, case_id: str, output_path: Path) -> tuple[Path, int, float]:

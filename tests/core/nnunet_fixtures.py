@@ -41,6 +41,21 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if denominator == 0 else float(2 * (p & t).sum() / denominator)
 
 
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)  # LPS-like
+RAS_LIKE = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def stored_ras_like(array: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Geometry]:
+    """The same volume, given with the identity direction, stored RAS-like:
+    x and y voxel order reversed, direction diag(-1, -1, 1), the origin at the
+    opposite corner, so that every voxel keeps its physical position. Written
+    by hand, independently of `flare_core.orientation`."""
+    assert geometry.direction == IDENTITY, geometry.direction
+    (nx, ny, _), (sx, sy, _), (ox, oy, oz) = geometry.size, geometry.spacing, geometry.origin
+    origin = (ox + (nx - 1) * sx, oy + (ny - 1) * sy, oz)
+    return np.ascontiguousarray(array[:, ::-1, ::-1]), Geometry(geometry.size, geometry.spacing, origin, RAS_LIKE)
+
+
 SPHERE_SHAPE = (20, 48, 48)  # z, y, x
 SPHERE_SPACING_XYZ = (3.0, 3.0, 5.0)
 

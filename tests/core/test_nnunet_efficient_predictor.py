@@ -6,16 +6,19 @@ yields a standard results folder; every mode loads it as it would a real one.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from flare_core.io import Geometry, read_label, write_volume
+from flare_core.io import Geometry, read_geometry, read_label, read_volume, write_volume
 from flare_core.labels import AORTA, LIVER
 from flare_core.nnunet.efficient_predictor import StudentPredictor
 from flare_core.nnunet.environment import scoped_env
 from flare_core.nnunet.toy_student import AIR_HU, build_toy_student, toy_case
+from flare_core.orientation import CANONICAL_ORIENTATION, DATASET_JSON_KEY, reorient_array
+from tests.core.nnunet_fixtures import stored_ras_like
 
 FLIPPED = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 SPACING_XYZ = (0.8, 0.8, 3.0)
@@ -113,3 +116,38 @@ def test_fastest_window_counts_add_up(predictors, case_file):
     skipped_steps = sum(step.next_step_skipped for step in trace)
     assert result.windows_evaluated == len(trace) + run_outer
     assert result.windows_skipped == skipped_outer + 9 * skipped_steps
+
+
+def test_the_model_folder_records_its_orientation(results_folder, predictors):
+    assert json.loads((results_folder / "dataset.json").read_text())[DATASET_JSON_KEY] == CANONICAL_ORIENTATION
+    assert all(p.model.orientation == CANONICAL_ORIENTATION for p in predictors.values())
+
+
+@pytest.mark.parametrize("mode", ["stock", "fast", "fastest"])
+def test_every_mode_sees_one_orientation_and_writes_each_inputs_geometry(predictors, tmp_path, monkeypatch, mode):
+    """The same scan stored LPS-like and RAS-like: the network gets the same
+    array, and each label map comes back on its own input's grid and header."""
+    predictor = predictors[(mode, False)]
+    method = "_predict_stock" if mode == "stock" else "_predict_efficient"
+    seen: list[tuple[np.ndarray, tuple]] = []
+    predict = getattr(predictor, method)
+
+    def spy(image, spacing_zyx):
+        seen.append((np.array(image), tuple(spacing_zyx)))
+        return predict(image, spacing_zyx)
+
+    monkeypatch.setattr(predictor, method, spy)
+    case = toy_case(4242, spacing_xyz=SPACING_XYZ)
+    lps = Geometry(case.geometry.size, case.geometry.spacing, (-120.5, 80.25, -300.0), case.geometry.direction)
+    labels = {}
+    for name, (image, geometry) in {"lps": (case.image, lps), "ras": stored_ras_like(case.image, lps)}.items():
+        path = write_volume(image, geometry, tmp_path / f"{name}_0000.nii.gz")
+        result = predictor.predict_case(path, name, tmp_path / "out" / f"{name}.nii.gz")
+        written, written_geometry = read_volume(result.output_path, name)
+        assert written_geometry == read_geometry(path, name) == result.geometry  # exactly the input's
+        np.testing.assert_array_equal(written, result.label)
+        labels[name] = reorient_array(written, written_geometry)[0]
+    np.testing.assert_array_equal(seen[0][0], seen[1][0])
+    assert seen[0][1] == seen[1][1]
+    assert dice(labels["lps"], case.labels, LIVER) > 0.6
+    np.testing.assert_array_equal(labels["ras"], labels["lps"])

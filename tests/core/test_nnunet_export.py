@@ -14,6 +14,8 @@ from flare_core.nnunet import dataset_export
 from flare_core.nnunet.dataset_export import (
     ExportCase, dataset_folder_name, export_student_dataset, export_tumor_dataset, read_export_digest,
 )
+from flare_core.orientation import CANONICAL_ORIENTATION, DATASET_JSON_KEY
+from flare_core.phantom import make_case
 from tests.core.nnunet_fixtures import tree_hashes, write_cases
 
 
@@ -29,7 +31,7 @@ def test_tumor_export_layout_and_binary_labels(phantom_cases, tmp_path):
     assert result.folder == folder and result.written == ["syn_000", "syn_001", "syn_002"]
     meta = json.loads((folder / "dataset.json").read_text())
     assert meta["channel_names"] == {"0": "CT"} and meta["labels"] == {"background": 0, "tumor": 1}
-    assert meta["numTraining"] == 3 and meta["file_ending"] == ".nii.gz"
+    assert meta["numTraining"] == 3 and meta["file_ending"] == ".nii.gz" and meta[DATASET_JSON_KEY] == "LPS"
     for case in phantom_cases:
         image = folder / "imagesTr" / f"{case.case_id}_0000.nii.gz"
         assert image.is_symlink() and image.resolve() == case.image.resolve()
@@ -120,3 +122,56 @@ def test_moving_the_source_relinks(phantom_cases, tmp_path):
     result = export_tumor_dataset([moved], tmp_path / "raw")
     link = result.folder / "imagesTr" / "syn_000_0000.nii.gz"
     assert result.written == ["syn_000"] and os.readlink(link) == str(moved.image.resolve())
+
+
+def _write_phantom(root, case_id: str, seed: int, flip: bool) -> ExportCase:
+    """One phantom case stored LPS-like (identity direction) or RAS-like (diag(-1, -1, 1)).
+
+    The phantom draws its image noise in stored order, so `make_case(...,
+    direction_flip=True).image` is a different noise draw; the flipped image
+    here is the plain one in mirrored voxel order, i.e. the same scan stored
+    the other way round (the labels are the phantom's own flipped labels)."""
+    plain = make_case(seed, "tiny", lesions=True, direction_flip=False)
+    case = make_case(seed, "tiny", lesions=True, direction_flip=flip)
+    image = plain.image[:, ::-1, ::-1] if flip else plain.image
+    return ExportCase(case_id, write_volume(image, case.geometry, root / f"{case_id}_0000.nii.gz"),
+                      write_volume(case.labels, case.geometry, root / f"{case_id}.nii.gz"))
+
+
+@pytest.mark.parametrize("export", [export_student_dataset, export_tumor_dataset])
+def test_export_writes_one_canonical_orientation_whatever_the_stored_one(tmp_path, export):
+    plain = _write_phantom(tmp_path / "inputs", "plain", 3, flip=False)
+    flipped = _write_phantom(tmp_path / "inputs", "flip", 3, flip=True)
+    assert read_volume(flipped.image, "flip")[1].direction == (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+    before = tree_hashes(tmp_path / "inputs")
+    result = export([plain, flipped], tmp_path / "raw")
+    assert result.image_mode == {"plain": "symlink", "flip": "reoriented"}
+    meta = json.loads((result.folder / "dataset.json").read_text())
+    assert meta[DATASET_JSON_KEY] == CANONICAL_ORIENTATION == "LPS"
+
+    exported = {}
+    for case_id in ("plain", "flip"):
+        image, image_geometry = read_volume(result.folder / "imagesTr" / f"{case_id}_0000.nii.gz", case_id)
+        label, label_geometry = read_volume(result.folder / "labelsTr" / f"{case_id}.nii.gz", case_id)
+        assert image_geometry.direction == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+        assert label_geometry == image_geometry and label.dtype == np.uint8 and image.dtype == np.int16
+        exported[case_id] = image, label, image_geometry
+    assert not (result.folder / "imagesTr" / "flip_0000.nii.gz").is_symlink()
+    np.testing.assert_array_equal(exported["flip"][0], exported["plain"][0])
+    np.testing.assert_array_equal(exported["flip"][1], exported["plain"][1])
+    assert exported["flip"][1].any()
+    assert exported["flip"][2].differences(exported["plain"][2]) == []  # same physical placement
+    assert tree_hashes(tmp_path / "inputs") == before
+
+    again = export([plain, flipped], tmp_path / "raw")
+    assert again.written == [] and again.image_mode == result.image_mode and again.digest == result.digest
+
+
+def test_exports_from_before_orientations_are_redone(phantom_cases, tmp_path):
+    first = export_tumor_dataset(phantom_cases, tmp_path / "raw")
+    manifest_path = first.folder / dataset_export.MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["transform"] == "tumor_only:v1;orientation=LPS"
+    manifest["transform"] = "tumor_only:v1"  # what exports in stored order recorded
+    manifest_path.write_text(json.dumps(manifest))
+    assert export_tumor_dataset(phantom_cases, tmp_path / "raw").written == ["syn_000", "syn_001", "syn_002"]

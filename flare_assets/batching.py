@@ -16,6 +16,7 @@ from typing import Callable, Mapping
 from dagster import AssetExecutionContext, AssetKey, AssetMaterialization, Failure, RetryRequested
 
 from flare_core.io import CaseError
+from flare_assets import progress
 
 CaseWork = Callable[[str], Mapping]
 IO_RETRIES = 2
@@ -52,6 +53,7 @@ def run_batch(context: AssetExecutionContext, work: CaseWork) -> BatchOutcome:
         except OSError as error:  # storage trouble (NFS hiccup, full disk): retry the run
             context.log.warning("case %s: I/O error %s; retrying the batch", case_id, error)
             raise RetryRequested(max_retries=IO_RETRIES, seconds_to_wait=IO_RETRY_SECONDS) from error
+        progress.advance("case")
     outcome.seconds = time.perf_counter() - started
     if outcome.failures:
         _record_successes_and_fail(context, outcome)

@@ -8,19 +8,22 @@ project-local ./dagster_home with SQLite storage), so everything it
 materializes is visible afterwards in `dagster dev`. Running it again does no
 work that is already up to date. Pointed at a real FLARE23 download with
 --data-root, the same command runs the platform on real data.
+
+The console shows one line per stage (what it did, in how many seconds; on a
+terminal a progress bar while training epochs or cases run), then the
+method's results: DSC / NSD per class of the student's predictions and of the
+training labels, and the tumor pseudo-labels' precision and recall. Library
+output (nnU-Net, Dagster, warnings) goes to <work root>/logs/demo-<time>.log,
+named at the end; a failed stage prints its name and the reason.
 """
 import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
-from dagster import DagsterInstance
-
-from flare_core.cases import TRAIN, discover_cases
-from flare_assets import pipeline, settings
-from flare_assets.assets import cases
-from flare_assets.definitions import build_resources
+from flare_assets import console, settings
 
 log = logging.getLogger("flare.demo")
 
@@ -30,8 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-root", type=Path, help="FLARE23-shaped data root (default: generate a demo set)")
     parser.add_argument("--work-root", type=Path, help="where outputs go (default ./demo/work)")
     parser.add_argument("--profile", default=None, help="run profile: cpu (default), test or flare23")
-    parser.add_argument("--train", type=int, default=12, help="training cases to generate for the demo")
-    parser.add_argument("--infer", type=int, default=3, help="inference cases to generate for the demo")
+    parser.add_argument("--train", type=int, default=16, help="training cases to generate for the demo")
+    parser.add_argument("--infer", type=int, default=4, help="inference cases to generate for the demo")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -48,40 +51,118 @@ def configure_environment(args: argparse.Namespace) -> None:
     home.mkdir(parents=True, exist_ok=True)
 
 
-def ensure_demo_data(args: argparse.Namespace) -> None:
+def log_file_path(work_root: Path) -> Path:
+    return work_root / "logs" / f"demo-{time.strftime('%Y%m%d-%H%M%S')}.log"
+
+
+def ensure_demo_data(args: argparse.Namespace) -> str | None:
+    """Generate the synthetic data set if there is none; say what was made."""
     root = settings.data_root()
     if args.data_root or (root / "train" / "images").is_dir():
-        return
+        return None
     from flare_core.phantom import generate_dataset
 
     log.info("generating a synthetic FLARE-like data set in %s", root)
+    started = time.perf_counter()
     generate_dataset(root, size="tiny", seed=args.seed, n_train=args.train, n_infer=args.infer)
+    return (f"generated a synthetic data set: {args.train} training and {args.infer} inference cases "
+            f"({time.perf_counter() - started:.1f} s)")
 
 
-def summarize(reports: list[pipeline.StageReport], instance: DagsterInstance) -> None:
-    log.info("%-20s %6s %8s %7s %8s", "stage", "done", "skipped", "failed", "seconds")
-    for r in reports:
-        log.info("%-20s %6d %8d %7d %8.1f", r.name, len(r.done), len(r.skipped), len(r.failed), r.seconds)
-        for case_id, reason in r.failed.items():
-            log.info("  failed %s: %s", case_id, reason)
-    subset = pipeline.latest_metadata(instance, cases.tumor_subset.key)
-    if subset:
-        log.info("tumor subset: %s cases (%s excluded): %s", subset["num_cases"], subset["num_excluded"],
-                 subset["case_ids"])
+def stage_detail(instance, report) -> str | None:
+    """A global stage's result in a few words, from its latest materialization."""
+    from dagster import AssetKey
+
+    from flare_assets import pipeline
+
+    if report.done != ["all"]:
+        return None
+    meta = pipeline.latest_metadata(instance, AssetKey(report.name)) or {}
+    try:
+        if report.name == "tumor_subset":
+            excluded = f", {meta['num_excluded']} excluded" if meta.get("num_excluded") else ""
+            return f"{meta['num_cases']} cases annotate tumors{excluded}"
+        if report.name in ("teacher_plans", "student_plans"):
+            return f"planned on {meta['num_cases']} cases"
+        if report.name in ("teacher_weights", "student_weights"):
+            if meta.get("already_trained"):
+                return "weights current, not retrained"
+            return f"trained {meta['epochs']} epochs, pseudo-Dice {meta['final_pseudo_dice']:.3f}"
+        if report.name == "label_quality_summary":
+            skipped = f", {meta['cases_skipped']} without ground truth" if meta.get("cases_skipped") else ""
+            return f"{meta['cases_scored']} cases scored{skipped}"
+        if report.name == "evaluation_summary":
+            return f"{meta.get('cases_evaluated', 0)} cases evaluated"
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None
+
+
+def run(args: argparse.Namespace, ui: console.Console, log_path: Path) -> int:
+    """The demo proper, once the console and the log are set up."""
+    from dagster import DagsterInstance
+
+    from flare_core.cases import TRAIN, discover_cases
+    from flare_core.layout import WorkLayout
+    from flare_core.report import results_lines
+    from flare_assets import pipeline, progress
+    from flare_assets.definitions import build_resources
+
+    ui.line(f"FLARE demo, profile {settings.profile()}: data {settings.data_root()}, work {settings.work_root()}")
+    generated = ensure_demo_data(args)
+    if generated:
+        ui.line(generated)
+    resources = build_resources()
+    if not discover_cases(resources["data_root"].layout, TRAIN).case_ids:
+        ui.error(f"no training cases under {settings.data_root()} (expected train/images/<case>_0000.nii.gz)")
+        ui.error(f"log: {log_path}")
+        return 1
+    with DagsterInstance.get() as instance:
+        ui.describe = lambda report: stage_detail(instance, report)
+        with progress.listening(ui):
+            reports = pipeline.run_all(instance, resources)
+    stopped = next((r for r in reports if "all" in r.failed), None)
+    ui.line()
+    if stopped is not None:
+        ui.error(f"the demo stopped at {stopped.name}, whose output the later stages need: fix the cause "
+                 "above and run it again (what is done stays done)")
+    else:
+        for text in results_lines(WorkLayout(settings.work_root())):
+            ui.line(text)
+        if settings.profile() == "test":
+            ui.line("(profile test: the models train for seconds; these numbers check the plumbing, not the method)")
+        ui.line()
+    failed = [r for r in reports if r.failed]
+    if failed and stopped is None:
+        ui.error("failed: " + "; ".join(f"{r.name} ({len(r.failed)})" for r in failed))
+    ui.line(f"full log: {log_path}")
+    ui.line("browse every asset, its metadata and plots: make ui (http://127.0.0.1:3000)")
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     args = parse_args(argv)
     configure_environment(args)
-    ensure_demo_data(args)
-    if not discover_cases(build_resources()["data_root"].layout, TRAIN).case_ids:
-        log.error("no training cases under %s (expected train/images/<case>_0000.nii.gz)", settings.data_root())
-        return 1
-    with DagsterInstance.get() as instance:
-        reports = pipeline.run_all(instance, build_resources())
-        summarize(reports, instance)
-    return 0
+    log_path = log_file_path(settings.work_root())
+    bars = sys.stdout.isatty()
+    with console.output_to_log(log_path) as streams:
+        ui = console.Console(streams.out, streams.err, bars=bars)
+        try:
+            return run(args, ui, log_path)
+        except KeyboardInterrupt:
+            ui.abandon()
+            ui.error(f"interrupted{_during(ui)}; the next run resumes what is not done. log: {log_path}")
+            return 130
+        except Exception as error:  # noqa: BLE001 - the console gets the reason, the log the traceback
+            ui.abandon()
+            log.exception("the demo failed")
+            ui.error(f"the demo failed{_during(ui)}: {type(error).__name__}: {error}")
+            ui.error(f"traceback and library output: {log_path}")
+            return 1
+
+
+def _during(ui: console.Console) -> str:
+    return f" during {ui.stage}" if ui.stage else ""
 
 
 if __name__ == "__main__":

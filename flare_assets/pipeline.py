@@ -19,6 +19,7 @@ from dagster import (
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from flare_core.cases import INFER, TRAIN, case_signature, discover_cases
+from flare_assets import progress
 from flare_assets.assets import cases
 from flare_assets.partitions import inference_cases, training_cases
 from flare_assets.resources import FlareDataRoot
@@ -71,12 +72,17 @@ def register_cases(instance: DagsterInstance, resources: dict, split: str) -> St
     partitions = training_cases if split == TRAIN else inference_cases
     report = StageReport(name=asset.key.to_user_string())
     layout = resources["data_root"].layout
+    changed = []
     for case_id in sorted(instance.get_dynamic_partitions(partitions.name)):
         previous = latest_metadata(instance, asset.key, case_id)
         if previous and previous.get("input_signature") == case_signature(layout, split, case_id):
             report.skipped.append(case_id)
-            continue
+        else:
+            changed.append(case_id)
+    progress.expect(len(changed), "case")
+    for case_id in changed:
         _materialize_partition(instance, resources, asset, case_id, report)
+        progress.advance("case")
     return report
 
 
@@ -87,6 +93,7 @@ def materialize_cases(instance: DagsterInstance, resources: dict, asset: AssetsD
     Runs cover contiguous ranges of the partition order (what Dagster's batched
     backfills do), so a model is loaded once per range, not once per case."""
     report = report or StageReport(name=_name(asset))
+    progress.expect(len(case_ids), "case")  # the assets' batches advance it, case by case
     partitions = asset.partitions_def
     order = partitions.get_partition_keys(dynamic_partitions_store=instance)
     for first, last in _contiguous_ranges(order, set(case_ids)):
@@ -204,13 +211,19 @@ def _failure_message(result) -> str:
             error = event.step_failure_data.error
             while error.cause is not None:  # the user's exception, not Dagster's wrapper
                 error = error.cause
-            return error.message.strip().splitlines()[-1] if error.message else "failed"
+            if not error.message:
+                return "failed"
+            message = error.message.strip().splitlines()[-1]
+            if error.cls_name == "Failure":  # an asset's own explanation: its words, not the class path
+                message = message.split(": ", 1)[-1]
+            return message
     return "failed"
 
 
 def run_all(instance: DagsterInstance, resources: dict) -> list[StageReport]:
     """Every stage of the method in order, as the demo runs it; work that is up
-    to date (materialized after all its inputs) is skipped."""
+    to date (materialized after all its inputs) is skipped. Stages and their
+    units of work are announced through `flare_assets.progress`."""
     from flare_assets.assets import fusion, inference, quality, student, teacher
 
     sync_partitions(instance, resources["data_root"])
@@ -219,27 +232,33 @@ def run_all(instance: DagsterInstance, resources: dict) -> list[StageReport]:
         return usable_case_ids(instance, resources, split)
 
     stages = [
-        lambda: register_cases(instance, resources, TRAIN),
-        lambda: register_cases(instance, resources, INFER),
-        lambda: materialize_if_stale(instance, resources, cases.tumor_subset),
-        lambda: materialize_if_stale(instance, resources, teacher.teacher_plans),
-        lambda: materialize_if_stale(instance, resources, teacher.teacher_weights),
-        lambda: materialize_stale_cases(instance, resources, teacher.tumor_pseudo_label, usable_cases()),
-        lambda: materialize_stale_cases(instance, resources, fusion.fused_labels, usable_cases()),
-        lambda: materialize_stale_cases(instance, resources, quality.label_quality, usable_cases()),
-        lambda: materialize_if_stale(instance, resources, quality.label_quality_summary),
-        lambda: materialize_if_stale(instance, resources, student.student_plans),
-        lambda: materialize_if_stale(instance, resources, student.student_weights),
-        lambda: materialize_stale_cases(instance, resources, inference.prediction, usable_cases(INFER)),
-        lambda: materialize_stale_cases(instance, resources, inference.evaluation, usable_cases(INFER)),
-        lambda: materialize_if_stale(instance, resources, inference.evaluation_summary),
+        ("training_case", lambda: register_cases(instance, resources, TRAIN)),
+        ("inference_case", lambda: register_cases(instance, resources, INFER)),
+        ("tumor_subset", lambda: materialize_if_stale(instance, resources, cases.tumor_subset)),
+        ("teacher_plans", lambda: materialize_if_stale(instance, resources, teacher.teacher_plans)),
+        ("teacher_weights", lambda: materialize_if_stale(instance, resources, teacher.teacher_weights)),
+        ("tumor_pseudo_label",
+         lambda: materialize_stale_cases(instance, resources, teacher.tumor_pseudo_label, usable_cases())),
+        ("fused_labels", lambda: materialize_stale_cases(instance, resources, fusion.fused_labels, usable_cases())),
+        ("label_quality",
+         lambda: materialize_stale_cases(instance, resources, quality.label_quality, usable_cases())),
+        ("label_quality_summary", lambda: materialize_if_stale(instance, resources, quality.label_quality_summary)),
+        ("student_plans", lambda: materialize_if_stale(instance, resources, student.student_plans)),
+        ("student_weights", lambda: materialize_if_stale(instance, resources, student.student_weights)),
+        ("prediction",
+         lambda: materialize_stale_cases(instance, resources, inference.prediction, usable_cases(INFER))),
+        ("evaluation",
+         lambda: materialize_stale_cases(instance, resources, inference.evaluation, usable_cases(INFER))),
+        ("evaluation_summary", lambda: materialize_if_stale(instance, resources, inference.evaluation_summary)),
     ]
     reports = []
-    for stage in stages:
+    for index, (name, stage) in enumerate(stages, start=1):
+        progress.stage_started(name, index, len(stages))
         started = time.perf_counter()
         report = stage()
         report.seconds = time.perf_counter() - started
         reports.append(report)
+        progress.stage_finished(report)
         if "all" in report.failed:
             log.error("%s failed: %s; later stages need it, stopping", report.name, report.failed["all"])
             break

@@ -100,7 +100,7 @@ def inspect_case(layout: DataLayout, split: str, case_id: str, with_preview: boo
         geometry=geometry.to_dict(),
         intensity=intensity_statistics(image),
     )
-    overlay = None
+    overlay, overlay_name = None, "no label"
     if "label" in files:
         overlay = _inspect_label(inventory, files["label"], geometry, "label")
         inventory.label_path = str(files["label"])
@@ -108,15 +108,18 @@ def inspect_case(layout: DataLayout, split: str, case_id: str, with_preview: boo
         if overlay is not None:
             inventory.annotated = _present_classes(overlay)
             inventory.label_group = labels.label_group(inventory.annotated)
+            overlay_name = "partial label"
     if split == TRAIN and "organ_pseudo_label" in files:
         pseudo = _inspect_label(inventory, files["organ_pseudo_label"], geometry, "organ pseudo-label")
         inventory.organ_pseudo_label_path = str(files["organ_pseudo_label"])
         inventory.organ_pseudo_label_sha256 = file_sha256(files["organ_pseudo_label"])
-        overlay = overlay if overlay is not None else pseudo
+        if overlay is None and pseudo is not None:
+            overlay, overlay_name = pseudo, "organ pseudo-label"
     if with_preview:
         # A label on another grid cannot be overlaid; show the bare image then.
         usable = overlay is not None and overlay.shape == image.shape
-        inventory.preview_png = preview_png(image, overlay if usable else None)
+        title = f"{case_id} · {split} · {overlay_name if usable else 'no usable label'}"
+        inventory.preview_png = preview_png(image, overlay if usable else None, geometry, title)
     return inventory
 
 

@@ -2,15 +2,21 @@
 against a complete ground truth (available for phantom data only).
 
 Scoring the partial label alone, the organ pseudo-label alone and the fused
-labels side by side makes the value of multi-label fusion visible.
+labels side by side makes the value of multi-label fusion visible. The
+teacher's tumor pseudo-label is also measured as a detector: voxel-wise
+precision and recall, and lesion-wise detection (a lesion is a connected
+component, 26-connected; a true lesion counts as found when any of its voxels
+is marked, a marked component counts as real when it touches a true lesion).
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 from flare_core import labels
 from flare_core.io import Geometry, read_label
@@ -64,3 +70,101 @@ def _pick(summary: pd.DataFrame, row: str, prefix: str) -> dict:
         return {f"{prefix}_dsc": None, f"{prefix}_nsd": None}
     return {f"{prefix}_dsc": round(float(summary.loc[row, "dsc"]), 4),
             f"{prefix}_nsd": round(float(summary.loc[row, "nsd"]), 4)}
+
+
+def class_table(rows: Iterable[Mapping]) -> list[dict]:
+    """One row per source and class: mean DSC / NSD over the cases scored."""
+    frame = pd.DataFrame(list(rows))
+    if frame.empty:
+        return []
+    means = frame.groupby(["source", "class_id", "class_name"], sort=False).agg(
+        dsc=("dsc", "mean"), nsd=("nsd", "mean"), cases=("dsc", "size")).reset_index()
+    order = {source: i for i, source in enumerate(SOURCES)}
+    means = means.assign(order=means["source"].map(order)).sort_values(["order", "class_id"])
+    return [{"source": r.source, "class_id": int(r.class_id), "class_name": r.class_name,
+             "dsc": round(float(r.dsc), 4), "nsd": round(float(r.nsd), 4), "cases": int(r.cases)}
+            for r in means.itertuples()]
+
+
+@dataclass(frozen=True)
+class TumorDetection:
+    """A tumor mask against the true tumors: voxel and lesion counts. Counts
+    add up over cases (pooled), and the rates are taken from the sums."""
+
+    true_positive_voxels: int = 0
+    false_positive_voxels: int = 0
+    false_negative_voxels: int = 0
+    true_lesions: int = 0
+    true_lesions_found: int = 0
+    predicted_lesions: int = 0
+    predicted_lesions_real: int = 0  # marked components that touch a true lesion
+    cases: int = 1
+
+    @classmethod
+    def of(cls, predicted: np.ndarray, truth: np.ndarray) -> "TumorDetection":
+        predicted, truth = np.asarray(predicted) != 0, np.asarray(truth) != 0
+        if predicted.shape != truth.shape:
+            raise ValueError(f"tumor mask shape {predicted.shape} != ground truth shape {truth.shape}")
+        both = predicted & truth
+        true_found, true_lesions = _components_touched(truth, both)
+        predicted_real, predicted_lesions = _components_touched(predicted, both)
+        overlap = int(np.count_nonzero(both))
+        return cls(overlap, int(np.count_nonzero(predicted)) - overlap, int(np.count_nonzero(truth)) - overlap,
+                   true_lesions, true_found, predicted_lesions, predicted_real)
+
+    def __add__(self, other: "TumorDetection") -> "TumorDetection":
+        return TumorDetection(*(a + b for a, b in zip(asdict(self).values(), asdict(other).values())))
+
+    @property
+    def voxel_precision(self) -> float | None:
+        return _ratio(self.true_positive_voxels, self.true_positive_voxels + self.false_positive_voxels)
+
+    @property
+    def voxel_recall(self) -> float | None:
+        return _ratio(self.true_positive_voxels, self.true_positive_voxels + self.false_negative_voxels)
+
+    @property
+    def lesion_recall(self) -> float | None:
+        return _ratio(self.true_lesions_found, self.true_lesions)
+
+    @property
+    def lesion_precision(self) -> float | None:
+        return _ratio(self.predicted_lesions_real, self.predicted_lesions)
+
+    def to_dict(self) -> dict:
+        """Counts and rates; a rate is None where nothing was there to count
+        (precision without any marked voxel, recall without any true tumor)."""
+        rates = {name: None if (v := getattr(self, name)) is None else round(v, 4)
+                 for name in ("voxel_precision", "voxel_recall", "lesion_recall", "lesion_precision")}
+        return {**asdict(self), **rates}
+
+    @classmethod
+    def from_dict(cls, record: Mapping) -> "TumorDetection":
+        return cls(**{f.name: int(record.get(f.name, f.default)) for f in fields(cls)})
+
+
+def detect_tumors(case_id: str, ground_truth: Path, geometry: Geometry, tumor_pseudo_label: Path) -> TumorDetection:
+    """The tumor pseudo-label (0/1) against the ground truth's tumor class."""
+    truth, _ = read_label(ground_truth, case_id, image_geometry=geometry)
+    mask, _ = read_label(Path(tumor_pseudo_label), case_id, image_geometry=geometry)
+    return TumorDetection.of(mask, truth == labels.TUMOR)
+
+
+def pool_detections(records: Iterable[Mapping]) -> TumorDetection | None:
+    """The sum of per-case detection counts (`TumorDetection.to_dict` records)."""
+    pooled = None
+    for record in records:
+        one = TumorDetection.from_dict(record)
+        pooled = one if pooled is None else pooled + one
+    return pooled
+
+
+def _components_touched(mask: np.ndarray, touched: np.ndarray) -> tuple[int, int]:
+    """(components of `mask` that contain a `touched` voxel, all components)."""
+    components, count = ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, mask.ndim))
+    hit = np.unique(components[touched])
+    return int(np.count_nonzero(hit)), int(count)
+
+
+def _ratio(numerator: int, denominator: int) -> float | None:
+    return numerator / denominator if denominator else None

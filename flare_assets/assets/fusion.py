@@ -97,13 +97,13 @@ def _write_outputs(work, case_id: str, geometry: Geometry, fused: fc.FusedCase, 
         problems = {**fused.problems[name], fc.CHECK_GEOMETRY: fc.written_geometry_problems(path, case_id, geometry)}
         for check, found in problems.items():
             checks.setdefault((key, check), []).extend(f"case {case_id!r}: {p}" for p in found)
-        per_asset[key] = _label_metadata(case_id, work, name, label, image, path, fused)
+        per_asset[key] = _label_metadata(case_id, work, name, key, label, image, geometry, path, fused)
     return per_asset
 
 
-def _label_metadata(case_id: str, work, name: str, label: np.ndarray, image: np.ndarray, path: Path,
-                    fused: fc.FusedCase) -> dict:
-    png = preview_png(image, label)
+def _label_metadata(case_id: str, work, name: str, key: AssetKey, label: np.ndarray, image: np.ndarray,
+                    geometry: Geometry, path: Path, fused: fc.FusedCase) -> dict:
+    png = preview_png(image, label, geometry, f"{case_id} · {key.to_user_string()}")
     write_bytes(png, work.per_case(PREVIEWS, f"{case_id}.{name}", ".png"))
     account = fused.accounts[name]
     return {

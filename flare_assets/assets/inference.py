@@ -10,7 +10,8 @@ from flare_core import labels
 from flare_core.io import Geometry, read_ct, read_label, write_bytes, write_json, write_volume
 from flare_core.layout import EVALUATIONS, PREDICTIONS, PREVIEWS
 from flare_core.metrics import evaluate_case, summarize
-from flare_core.preview import preview_png, score_bars_png
+from flare_core.charts import evaluation_rows, score_chart_png
+from flare_core.preview import preview_png
 from flare_assets import metadata as md
 from flare_assets.assets.cases import require_inventory
 from flare_assets.assets.student import student_weights, trained_student
@@ -45,7 +46,7 @@ def prediction(context: AssetExecutionContext, work_root: FlareWorkRoot,
         result = predictor.predict_array(image, geometry)
         path = write_volume(result.label, geometry, work.per_case(PREDICTIONS, case_id))
         seconds = time.perf_counter() - started
-        png = preview_png(image, result.label)
+        png = preview_png(image, result.label, geometry, f"{case_id} · prediction ({result.mode})")
         write_bytes(png, work.per_case(PREVIEWS, f"{case_id}.prediction", ".png"))
         voxel_ml = math.prod(result.geometry.spacing) / 1000.0
         counts = [{"class": labels.CLASS_NAMES[c], "voxels": n, "volume_ml": round(n * voxel_ml, 2)}
@@ -115,11 +116,11 @@ def evaluation_summary(context: AssetExecutionContext, work_root: FlareWorkRoot)
     if not rows:
         return MaterializeResult(metadata={"cases_evaluated": 0,
                                            "note": "no inference case has ground truth"})
-    table = summarize(rows).reset_index()
+    summary = summarize(rows)
+    table = summary.reset_index()
     records = [{k: _round(v) for k, v in r.items()} for r in table.to_dict("records")]
     write_json({"cases": evaluated, "summary": records}, work.manifests / "evaluation_summary.json")
-    per_class = table[table["class_id"].notna()]
-    png = score_bars_png(list(per_class["row"]), list(per_class["dsc"]), list(per_class["nsd"]))
+    png = score_chart_png(evaluation_rows(summary), f"mean DSC and NSD per class over {len(evaluated)} cases")
     overall = table.set_index("row")
     context.log.info("evaluation over %d cases: organ DSC %.4f", len(evaluated), overall.loc["organs mean", "dsc"])
     return MaterializeResult(metadata={

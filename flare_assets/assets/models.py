@@ -11,8 +11,8 @@ from flare_core.manifest import Manifest
 from flare_core.nnunet import training
 from flare_core.nnunet.dataset_export import ExportCase, ExportResult
 from flare_core.nnunet.settings import StudentSettings, TeacherSettings
-from flare_core.preview import training_curve_png
-from flare_assets import metadata as md
+from flare_core.charts import training_curve_png
+from flare_assets import metadata as md, progress
 from flare_assets.resources import RunProfile
 
 ModelSettings = TeacherSettings | StudentSettings
@@ -65,10 +65,11 @@ def train_model(context: AssetExecutionContext, work: WorkLayout, dataset_name: 
     def on_epoch(epoch: int, train_loss: float, pseudo_dice: float, seconds: float) -> None:
         context.log.info("epoch %d: train loss %.4f, validation pseudo-Dice %.4f, %.1f s",
                          epoch, train_loss, pseudo_dice, seconds)
+        progress.advance("epoch", epoch + 1, settings.training.num_epochs, f"loss {train_loss:.3f}")
 
     summary = training.train(work, dataset_name, settings, device=run_profile.device, on_epoch=on_epoch)
     curve = summary.curve
-    png = training_curve_png(curve.train_loss, curve.val_loss, curve.pseudo_dice)
+    png = training_curve_png(curve.train_loss, curve.val_loss, curve.pseudo_dice, curve.ema_pseudo_dice)
     write_bytes(png, summary.model_folder / "fold_all" / "flare_training_curve.png")
     state = {"manifest_digest": manifest_digest, **summary.to_dict()}
     write_json(state, work.manifests / f"{state_name}.json")

@@ -8,6 +8,7 @@ import json
 from dagster import AssetExecutionContext, BackfillPolicy, MaterializeResult, MetadataValue, asset
 
 from flare_core import label_quality as lq
+from flare_core.charts import label_quality_rows, score_chart_png
 from flare_core.io import Geometry, write_json
 from flare_core.layout import LABEL_QUALITY, ORGAN_FUSED_LABELS, PARTIAL_FUSED_LABELS, TUMOR_PSEUDO_LABELS
 from flare_assets import metadata as md
@@ -28,7 +29,8 @@ def label_quality(context: AssetExecutionContext, data_root: FlareDataRoot,
                   work_root: FlareWorkRoot) -> MaterializeResult:
     """DSC / NSD of the tumor pseudo-label, the partial label alone, the organ
     pseudo-label alone and both fused labels against the case's complete
-    ground truth. Skipped (and says so) where no ground truth exists."""
+    ground truth, and the tumor pseudo-label's voxel and lesion precision /
+    recall. Skipped (and says so) where no ground truth exists."""
     work, data = work_root.layout, data_root.layout
 
     def score(case_id: str) -> dict:
@@ -46,9 +48,15 @@ def label_quality(context: AssetExecutionContext, data_root: FlareDataRoot,
             lq.PARTIAL_FUSED: work.per_case(PARTIAL_FUSED_LABELS, case_id),
             lq.ORGAN_FUSED: work.per_case(ORGAN_FUSED_LABELS, case_id),
         }
-        rows = lq.score_sources(case_id, truth, Geometry.from_dict(inventory.geometry), sources)
-        write_json({"case_id": case_id, "rows": rows}, path)
-        return {"status": "scored", "by_source": md.table(lq.source_table(rows))}
+        geometry = Geometry.from_dict(inventory.geometry)
+        rows = lq.score_sources(case_id, truth, geometry, sources)
+        record, metadata = {"case_id": case_id, "rows": rows}, {"status": "scored"}
+        if sources[lq.TUMOR_PSEUDO] is not None:
+            detection = lq.detect_tumors(case_id, truth, geometry, sources[lq.TUMOR_PSEUDO])
+            record["tumor_detection"] = detection.to_dict()
+            metadata["tumor_pseudo_label"] = md.table([detection.to_dict()])
+        write_json(record, path)
+        return {**metadata, "by_source": md.table(lq.source_table(rows))}
 
     outcome = run_batch(context, score)
     return MaterializeResult(metadata=outcome.summary)
@@ -56,10 +64,12 @@ def label_quality(context: AssetExecutionContext, data_root: FlareDataRoot,
 
 @asset(deps=[label_quality], group_name="quality", kinds={"json"})
 def label_quality_summary(context: AssetExecutionContext, work_root: FlareWorkRoot) -> MaterializeResult:
-    """Mean label quality per source over every scored training case: the
-    value of fusion at a glance (fused vs partial-only vs organ-pseudo-only)."""
+    """Mean label quality per source (and per source and class) over every
+    scored training case: the value of fusion at a glance (fused vs
+    partial-only vs organ-pseudo-only); and the tumor pseudo-labels' voxel and
+    lesion precision / recall, pooled over the cases they were made for."""
     work = work_root.layout
-    rows, scored, skipped = [], [], []
+    rows, scored, skipped, detections = [], [], [], []
     for case_id in sorted(context.instance.get_dynamic_partitions(training_cases.name)):
         path = work.per_case(LABEL_QUALITY, case_id, ".json")
         if not path.exists():
@@ -67,13 +77,24 @@ def label_quality_summary(context: AssetExecutionContext, work_root: FlareWorkRo
         record = json.loads(path.read_text())
         (skipped if "skipped" in record else scored).append(case_id)
         rows += record.get("rows", [])
+        if "tumor_detection" in record:
+            detections.append(record["tumor_detection"])
     table = lq.source_table(rows) if rows else []
-    out = write_json({"cases": scored, "skipped": skipped, "by_source": table},
-                     work.manifests / "label_quality_summary.json")
+    pooled = lq.pool_detections(detections)
+    tumor_detection = pooled.to_dict() if pooled else None
+    out = write_json({"cases": scored, "skipped": skipped, "by_source": table, "by_class": lq.class_table(rows),
+                      "tumor_detection": tumor_detection}, work.manifests / "label_quality_summary.json")
     context.log.info("label quality: %d cases scored, %d skipped", len(scored), len(skipped))
-    return MaterializeResult(metadata={
+    metadata = {
         "cases_scored": len(scored),
         "cases_skipped": len(skipped),
         "by_source": md.table(table) if table else MetadataValue.text("no case has a complete ground truth"),
+        "tumor_pseudo_label_detection": (md.table([tumor_detection]) if tumor_detection else
+                                         MetadataValue.text("no tumor pseudo-label scored")),
         "path": MetadataValue.path(str(out)),
-    })
+    }
+    chart_rows = label_quality_rows(table)
+    if chart_rows:
+        title = f"mean DSC and NSD per label source over {len(scored)} cases"
+        metadata["plot"] = md.image(score_chart_png(chart_rows, title), "label quality per source")
+    return MaterializeResult(metadata=metadata)

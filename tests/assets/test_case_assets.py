@@ -6,9 +6,11 @@ import json
 import numpy as np
 import pytest
 from dagster import AssetKey, materialize
+from PIL import Image
 
 from flare_core.io import Geometry, read_volume, write_volume
 from flare_core.layout import DataLayout
+from flare_core.preview import WIDTH_PX
 from flare_assets import pipeline
 from flare_assets.assets import cases
 from tests.conftest import make_resources
@@ -38,7 +40,8 @@ def test_registration_records_inventory_preview_and_passing_checks(tiny_data_roo
                                          "tumor_only", "partial_organs", "unlabelled", "empty_label"}
     assert len(meta["image_sha256"].value) == 64
     assert "data:image/png;base64," in meta["preview"].value
-    assert (tmp_path / "work" / "previews" / f"{case_id}.png").read_bytes()[:4] == b"\x89PNG"
+    with Image.open(tmp_path / "work" / "previews" / f"{case_id}.png") as png:
+        assert png.format == "PNG" and png.width == WIDTH_PX  # three planes side by side
     inventory = json.loads((tmp_path / "work" / "cases" / "train" / f"{case_id}.json").read_text())
     _, geometry = read_volume(DataLayout(tiny_data_root).train_image(case_id), case_id)
     assert inventory["geometry"]["size"] == list(geometry.size)

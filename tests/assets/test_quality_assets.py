@@ -21,8 +21,18 @@ def test_every_label_source_is_scored_against_ground_truth(pipeline_run):
     assert by_source[lq.ORGAN_FUSED]["organ_dsc"] > by_source[lq.PARTIAL_FUSED]["organ_dsc"]
     assert by_source[lq.ORGAN_FUSED]["organ_dsc"] > by_source[lq.PARTIAL_ONLY]["organ_dsc"]
     assert by_source[lq.TUMOR_PSEUDO]["organ_dsc"] is None  # a tumor mask is scored on tumor only
+    # The tumor pseudo-labels as a detector, pooled over the cases that have one (no tumor annotation).
+    detection = summary["tumor_detection"]
+    with_pseudo_label = [c for c in summary["cases"]
+                         if "tumor_detection" in json.loads((work / "label_quality" / f"{c}.json").read_text())]
+    assert detection["cases"] == len(with_pseudo_label) > 0
+    assert detection["true_lesions"] > 0 and 0 <= detection["true_lesions_found"] <= detection["true_lesions"]
+    assert detection["voxel_recall"] == round(detection["true_positive_voxels"] / (
+        detection["true_positive_voxels"] + detection["false_negative_voxels"]), 4)
+    liver = {r["source"]: r for r in summary["by_class"] if r["class_name"] == "liver"}
+    assert set(liver) == set(lq.SOURCES) - {lq.TUMOR_PSEUDO} and liver[lq.ORGAN_FUSED]["cases"] == 10
     meta = latest_metadata(instance, AssetKey("label_quality_summary"))
-    assert meta["cases_scored"] == 10
+    assert meta["cases_scored"] == 10 and "data:image/png;base64," in meta["plot"]
 
 
 def test_quality_is_skipped_cleanly_without_ground_truth(pipeline_run, tmp_path):

@@ -8,6 +8,10 @@ exactly how its model was trained. The constructor keeps nnU-Net's signature
 
 Changes to stock nnU-Net, each only when the settings ask for it:
 - epochs, iterations, learning rate, weight decay, momentum, oversampling;
+- the optimizer (nnU-Net's SGD, or AdamW) and class-weighted cross-entropy
+  (weights from the training set's class frequencies, see class_balance.py);
+- bfloat16 autocast for training on CPUs that have native bfloat16 (nnU-Net
+  uses mixed precision on CUDA only);
 - elastic deformation: nnU-Net v2's SpatialTransform supports it but the
   stock pipeline sets its probability to 0; here it is switched on in the
   pipeline nnU-Net builds (nothing else of the pipeline is touched);
@@ -20,14 +24,18 @@ Changes to stock nnU-Net, each only when the settings ask for it:
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from flare_core.nnunet.class_balance import class_frequencies, class_weights
 from flare_core.nnunet.settings import TRAINING_KEY, TrainingSettings
 
 log = logging.getLogger(__name__)
@@ -67,9 +75,39 @@ class ConfiguredTrainer(nnUNetTrainer):
 
     def configure_optimizers(self):
         s = self.flare_settings
-        optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
-                                    momentum=s.momentum, nesterov=s.nesterov)
+        if s.optimizer == "sgd":
+            optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
+                                        momentum=s.momentum, nesterov=s.nesterov)
+        elif s.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay)
+        else:
+            raise ValueError(f"unknown optimizer {s.optimizer!r}; use 'sgd' or 'adamw'")
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def initialize(self):
+        super().initialize()
+        wrapped = getattr(self.network.forward, "flare_bfloat16", False)  # initialize() may run twice
+        if self.flare_settings.cpu_bfloat16 and self.device.type == "cpu" and not wrapped:
+            if cpu_has_native_bfloat16():
+                # An instance attribute: the module, its state_dict and checkpoints are untouched.
+                self.network.forward = _bfloat16_forward(self.network.forward)
+                log.info("training in bfloat16 autocast on this CPU")
+            else:
+                log.info("this CPU has no native bfloat16; training in float32")
+
+    def _build_loss(self):
+        loss = super()._build_loss()
+        power = self.flare_settings.ce_class_weight_power
+        if power > 0:
+            compound = getattr(loss, "loss", loss)  # inside nnU-Net's DeepSupervisionWrapper
+            if not isinstance(compound, DC_and_CE_loss):
+                raise RuntimeError(f"class-weighted CE needs nnU-Net's DC_and_CE_loss, got {type(compound).__name__}")
+            num_classes = self.label_manager.num_segmentation_heads
+            weights = class_weights(class_frequencies(self.preprocessed_dataset_folder, num_classes), power)
+            log.info("cross-entropy class weights (power %.2f): %s", power, np.round(weights, 2).tolist())
+            compound.ce = RobustCrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=self.device),
+                                                 ignore_index=compound.ce.ignore_index)
+        return loss
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         rotation, dummy_2d, initial_patch, mirror_axes = \
@@ -123,3 +161,26 @@ class ConfiguredTrainer(nnUNetTrainer):
                 plot(output_folder)
 
         self.logger.plot_progress_png = throttled
+
+
+def cpu_has_native_bfloat16() -> bool:
+    """True on x86 CPUs with AVX-512 BF16 or AMX-BF16 (Linux /proc/cpuinfo flags)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def _bfloat16_forward(forward: Callable) -> Callable:
+    """`forward` under CPU bfloat16 autocast, its outputs back in float32 for the loss."""
+
+    def autocast_forward(*args, **kwargs):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            output = forward(*args, **kwargs)
+        if isinstance(output, (list, tuple)):
+            return type(output)(o.float() for o in output)
+        return output.float()
+
+    autocast_forward.flare_bfloat16 = True
+    return autocast_forward

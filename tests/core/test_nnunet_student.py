@@ -15,6 +15,7 @@ from flare_core.nnunet.dataset_export import export_student_dataset
 from flare_core.nnunet.profiles import get_profile
 from flare_core.nnunet.settings import PLAIN_UNET, TRAINING_KEY
 from flare_core.nnunet.student_trainer import FlareStudentTrainer
+from flare_core.orientation import CANONICAL_ORIENTATION, DATASET_JSON_KEY
 from tests.core.nnunet_fixtures import write_sphere_cases
 
 
@@ -59,6 +60,8 @@ def test_student_plans_carry_the_flare22_small_configuration(student):
     assert (t["num_epochs"], t["iterations_per_epoch"]) == (1500, 250)
     assert (t["initial_lr"], t["momentum"], t["nesterov"], t["weight_decay"]) == (0.01, 0.99, True, 3e-5)
     assert t["mirroring"] is False and t["elastic_probability"] == pytest.approx(0.2)
+    # The paper's recipe exactly: none of the CPU profile's training changes.
+    assert (t["optimizer"], t["ce_class_weight_power"], t["cpu_bfloat16"]) == ("sgd", 0.0, False)
     assert student["faithful"].preprocessed is False
 
 
@@ -66,14 +69,39 @@ def test_student_trains_without_mirroring(student):
     summary = student["summary"]
     assert student["epochs"] == [0, 1] and summary.epochs_completed == 2
     assert summary.model_folder.name == "FlareStudentTrainer__FlareStudentPlans__3d_fullres"
+    # nnU-Net copied the exported dataset.json: the model folder records its orientation.
+    dataset_json = json.loads((summary.model_folder / "dataset.json").read_text())
+    assert dataset_json[DATASET_JSON_KEY] == CANONICAL_ORIENTATION
     checkpoint = torch.load(summary.checkpoint, map_location="cpu", weights_only=False)
     assert checkpoint["trainer_name"] == "FlareStudentTrainer"
     assert checkpoint["inference_allowed_mirroring_axes"] is None  # no mirrored test-time augmentation
 
 
+def _trainer(student, **training_changes) -> FlareStudentTrainer:
+    work, name = student["work"], student["name"]
+    plans = json.loads(student["small"].plans_path.read_text())
+    plans["configurations"]["3d_fullres"][TRAINING_KEY].update(training_changes)
+    dataset_json = json.loads((work.nnunet_preprocessed / name / "dataset.json").read_text())
+    return FlareStudentTrainer(plans=dict(plans, continue_training=False), configuration="3d_fullres",
+                               fold="all", dataset_json=dataset_json, device=torch.device("cpu"))
+
+
+def test_cpu_regime_trains_with_adamw_and_class_weighted_cross_entropy(student):
+    trainer = _trainer(student)  # the test profile inherits the cpu profile's regime
+    trainer.initialize()
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
+    weights = trainer.loss.loss.ce.weight
+    assert weights is not None and weights.shape == (15,)
+    assert weights[1] > weights[0] > 0  # the liver is rarer than background, so it weighs more
+    sgd = _trainer(student, optimizer="sgd", ce_class_weight_power=0.0)
+    sgd.initialize()
+    assert isinstance(sgd.optimizer, torch.optim.SGD) and sgd.loss.loss.ce.weight is None
+
+
 def test_student_augmentation_has_elastic_deformation_and_no_mirroring(student):
     work, name = student["work"], student["name"]
     plans = json.loads(student["small"].plans_path.read_text())
+    plans["configurations"]["3d_fullres"][TRAINING_KEY]["elastic_probability"] = 0.2  # as in flare23
     dataset_json = json.loads((work.nnunet_preprocessed / name / "dataset.json").read_text())
     trainer = FlareStudentTrainer(plans=dict(plans, continue_training=False), configuration="3d_fullres",
                                   fold="all", dataset_json=dataset_json, device=torch.device("cpu"))

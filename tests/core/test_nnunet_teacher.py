@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from flare_core.io import read_label, read_volume
+from flare_core.io import read_geometry, read_label, read_volume, write_volume
 from flare_core.layout import WorkLayout
 from flare_core.nnunet import training
 from flare_core.nnunet.attention_unet import AttentionUNet
@@ -17,7 +17,8 @@ from flare_core.nnunet.dataset_export import export_tumor_dataset
 from flare_core.nnunet.profiles import get_profile
 from flare_core.nnunet.settings import ATTENTION_UNET, TRAINING_KEY
 from flare_core.nnunet.tumor_inference import TumorPredictor
-from tests.core.nnunet_fixtures import dice, write_sphere_cases
+from flare_core.orientation import CANONICAL_ORIENTATION, DATASET_JSON_KEY, reorient_array
+from tests.core.nnunet_fixtures import dice, sphere_case, stored_ras_like, write_sphere_cases
 
 EPOCHS = 10
 ITERATIONS = 8
@@ -125,6 +126,14 @@ def test_faithful_teacher_settings():
     t = teacher.training
     assert (t.num_epochs, t.iterations_per_epoch, t.initial_lr) == (1000, 250, 5e-4)
     assert t.elastic_probability > 0 and t.nesterov and t.momentum == 0.99
+    assert (t.optimizer, t.ce_class_weight_power, t.cpu_bfloat16) == ("sgd", 0.0, False)
+
+
+def test_every_teacher_samples_like_nnunet():
+    """A third of the patches centred on a tumor, the rest anywhere: the teacher
+    also sees tumor-free slices, whose false positives would become class 14 in fusion."""
+    for name in ("flare23", "cpu", "test"):
+        assert get_profile(name).teacher.training.oversample_foreground == pytest.approx(0.33), name
 
 
 def test_interrupted_training_resumes_where_it_stopped(teacher):
@@ -138,6 +147,8 @@ def test_interrupted_training_resumes_where_it_stopped(teacher):
     folder = resumed.model_folder
     assert folder.name == "FlareTeacherTrainer__FlareTeacherPlans__2d"
     assert (folder / "plans.json").is_file() and (folder / "dataset.json").is_file()
+    # nnU-Net copied the exported dataset.json: the model folder records its orientation.
+    assert json.loads((folder / "dataset.json").read_text())[DATASET_JSON_KEY] == CANONICAL_ORIENTATION
     stored = json.loads((folder / "plans.json").read_text())["configurations"]["2d"][TRAINING_KEY]
     assert stored["num_epochs"] == EPOCHS and stored["iterations_per_epoch"] == ITERATIONS
 
@@ -172,6 +183,32 @@ def test_teacher_predicts_binary_masks_on_the_image_grid_and_learns(teacher, tmp
     # Measured with these seeds: trained ~0.86, untrained 0.0.
     assert np.mean(trained) > 0.6, (trained, untrained)
     assert np.mean(trained) > np.mean(untrained) + 0.5, (trained, untrained)
+
+
+def test_teacher_sees_one_orientation_and_writes_each_inputs_geometry(teacher, tmp_path, monkeypatch):
+    """The same scan stored LPS-like and RAS-like: the network gets the same
+    array, and each mask comes back on its own input's grid and header."""
+    predictor = TumorPredictor.from_results(teacher["resumed"].model_folder, "cpu")
+    assert predictor.orientation == CANONICAL_ORIENTATION
+    seen: list[np.ndarray] = []
+    predict = predictor.predictor.predict_single_npy_array
+
+    def spy(image, properties, *args, **kwargs):
+        seen.append(np.array(image))
+        return predict(image, properties, *args, **kwargs)
+
+    monkeypatch.setattr(predictor.predictor, "predict_single_npy_array", spy)
+    image, _, lps_geometry = sphere_case(100)
+    masks = {}
+    for name, (array, geometry) in {"lps": (image, lps_geometry), "ras": stored_ras_like(image, lps_geometry)}.items():
+        path = write_volume(array, geometry, tmp_path / f"{name}_0000.nii.gz")
+        out, voxels, _ = predictor.predict_to_file(path, name, tmp_path / "out" / f"{name}.nii.gz")
+        mask, mask_geometry = read_volume(out, name)
+        assert mask_geometry == read_geometry(path, name)  # size, spacing, origin, direction: exactly
+        masks[name] = reorient_array(mask, mask_geometry)[0]
+    np.testing.assert_array_equal(seen[0], seen[1])
+    assert masks["lps"].any()
+    np.testing.assert_array_equal(masks["ras"], masks["lps"])
 
 
 def test_external_trainer_folder_is_found_by_nnunet():

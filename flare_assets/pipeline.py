@@ -16,12 +16,10 @@ from dagster import (
     materialize,
 )
 
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-
 from flare_core.cases import INFER, TRAIN, case_signature, discover_cases
 from flare_assets import progress
 from flare_assets.assets import cases
-from flare_assets.partitions import inference_cases, training_cases
+from flare_assets.partitions import inference_cases, partition_range_tags, training_cases
 from flare_assets.resources import FlareDataRoot
 
 log = logging.getLogger(__name__)
@@ -97,7 +95,7 @@ def materialize_cases(instance: DagsterInstance, resources: dict, asset: AssetsD
     partitions = asset.partitions_def
     order = partitions.get_partition_keys(dynamic_partitions_store=instance)
     for first, last in _contiguous_ranges(order, set(case_ids)):
-        tags = {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last,
+        tags = {**partition_range_tags(first, last),
                 "flare/trigger": "pipeline"}
         result = materialize([asset], instance=instance, resources=resources, raise_on_error=False, tags=tags,
                              run_config=RUN_CONFIG)

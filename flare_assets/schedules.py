@@ -16,13 +16,12 @@ from dagster import (
     SkipReason,
     schedule,
 )
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from flare_core.grouping import build_tumor_subset
 from flare_assets.assets.cases import collect_inventories
 from flare_assets.assets.student import fused_label_manifest
 from flare_assets.pipeline import latest_metadata
-from flare_assets.partitions import inference_cases, training_cases
+from flare_assets.partitions import inference_cases, partition_range_tags, training_cases
 from flare_assets.resources import FlareWorkRoot
 
 TEACHER_CHAIN = [AssetKey("tumor_subset"), AssetKey("teacher_plans"), AssetKey("teacher_weights")]
@@ -55,7 +54,7 @@ def _ranged(keys: list[str], selection: list[AssetKey], order: list[str], label:
     annotates tumors needs no prediction)."""
     positions = sorted(order.index(k) for k in keys)
     first, last = order[positions[0]], order[positions[-1]]
-    tags = {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last, "flare/trigger": label}
+    tags = {**partition_range_tags(first, last), "flare/trigger": label}
     return [RunRequest(run_key=f"{label}:{first}:{last}", asset_selection=selection, tags=tags)]
 
 

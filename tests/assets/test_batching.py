@@ -2,7 +2,7 @@
 from dagster import (
     AssetExecutionContext, AssetKey, BackfillPolicy, DagsterInstance, MaterializeResult, asset, materialize,
 )
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from flare_assets.partitions import partition_range_tags
 
 from flare_core.io import CaseError
 from flare_assets import batching
@@ -29,7 +29,7 @@ def _run(keys):
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("training_cases", keys)
     batching.IO_RETRY_SECONDS = 0
-    tags = {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
+    tags = partition_range_tags(keys[0], keys[-1])
     return instance, materialize([flaky], instance=instance, tags=tags, raise_on_error=False)
 
 

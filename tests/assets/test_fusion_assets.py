@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 from dagster import AssetCheckKey, AssetKey, DagsterInstance
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from flare_assets.partitions import partition_range_tags
 from dagster import materialize
 
 from flare_core.io import Geometry, read_volume, write_volume
@@ -64,7 +64,7 @@ def test_a_broken_pseudo_label_fails_its_case_only(pipeline_run, tmp_path):
         fresh.add_dynamic_partitions("training_cases", keys)
         result = materialize([fused_labels], instance=fresh, raise_on_error=False,
                              resources=make_resources(resources["data_root"].path, private_work),
-                             tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]})
+                             tags=partition_range_tags(keys[0], keys[-1]))
         assert not result.success
         failure = next(e for e in result.all_events if e.is_step_failure)
         message = failure.step_failure_data.user_failure_data.description

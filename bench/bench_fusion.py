@@ -4,12 +4,13 @@ For each case (a partially labelled case without tumors, the heaviest path:
 partial label, tumor pseudo-label and organ pseudo-label are all read) it
 measures, each in a fresh subprocess so peak memory does not mix:
 
-- end_to_end: `fusion.fuse_case` (read and check three label files, fuse both
-  steps) and write both outputs as compressed NIfTI;
+- end_to_end: `fused_case.fuse_and_verify`, what the fused-label assets run
+  (read and check three label files, fuse both steps, run the verifiers the
+  asset checks report) and write both outputs as compressed NIfTI;
 - io_floor: the same three `io.read_label` calls and the same two compressed
   writes of the same output arrays, with no fusion;
 - kernels: fusion alone on arrays already in memory, as one pass
-  (`fused_labels`, what `fuse_case` uses) and as two steps, and the
+  (`fused_labels`, what `fuse_and_verify` uses) and as two steps, and the
   `check_agrees_with_annotation` / `check_organ_fused` verifiers.
 
 Each measurement runs `--repeat` times (fresh processes); the fastest counts,
@@ -38,7 +39,7 @@ import numpy as np
 import psutil
 from scipy import ndimage
 
-from flare_core import fusion, labels
+from flare_core import fused_case, fusion, labels
 from flare_core.io import Geometry, read_label, write_json, write_volume
 
 log = logging.getLogger("bench_fusion")
@@ -64,7 +65,7 @@ def prepare_case(seed: int, folder: Path) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     for name, array in zip(INPUTS, (partial, tumor, organ)):
         write_volume(array, geometry, folder / f"{name}.nii.gz")
-    result = fusion.fuse_case(folder.name, geometry, *_input_paths(folder), ANNOTATED)
+    result = fused_case.fuse_and_verify(folder.name, geometry, *_input_paths(folder), ANNOTATED)
     np.save(folder / "partial_fused.npy", result.partial_fused)
     np.save(folder / "organ_fused.npy", result.organ_fused)
     write_json(geometry.to_dict(), folder / "geometry.json")
@@ -134,7 +135,7 @@ def _peak_rss_mb() -> float:
 
 def _end_to_end(folder: Path, geometry: Geometry, out: Path) -> Callable[[], dict]:
     def timed() -> dict:
-        result = fusion.fuse_case(folder.name, geometry, *_input_paths(folder), ANNOTATED)
+        result = fused_case.fuse_and_verify(folder.name, geometry, *_input_paths(folder), ANNOTATED)
         write_volume(result.partial_fused, geometry, out / "partial_fused.nii.gz")
         write_volume(result.organ_fused, geometry, out / "organ_fused.nii.gz")
         return {}

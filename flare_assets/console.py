@@ -114,7 +114,7 @@ class Console:
     # -- progress.ProgressListener ---------------------------------------
     def stage_started(self, name: str, index: int, count: int) -> None:
         self.stage = name
-        self._position = f"[{index:>{len(str(count))}}/{count}]"
+        self._position = f"[{index:>{len(str(count))}}/{count}]" if count else f"[{index:>2}]"
         if self.bars:
             self._open_bar()
 

@@ -5,8 +5,10 @@
 Without --data-root it generates a FLARE-like synthetic data set (once) under
 ./demo/data. It uses the Dagster instance in $DAGSTER_HOME (default: a
 project-local ./dagster_home with SQLite storage), so everything it
-materializes is visible afterwards in `dagster dev`. Running it again does no
-work that is already up to date. Pointed at a real FLARE23 download with
+materializes is visible afterwards in `dagster dev`. It runs the graph by the
+same automation conditions the daemon evaluates (`flare_assets.pipeline`), so
+running it again, or opening `dagster dev` afterwards, does no work that is
+already up to date, and resumes what a crash or a failure left undone. Pointed at a real FLARE23 download with
 --data-root, the same command runs the platform on real data.
 
 The console shows one line per stage (what it did, in how many seconds; on a
@@ -120,12 +122,14 @@ def run(args: argparse.Namespace, ui: console.Console, log_path: Path) -> int:
     with DagsterInstance.get() as instance:
         ui.describe = lambda report: stage_detail(instance, report)
         with progress.listening(ui):
-            reports = pipeline.run_all(instance, resources)
+            reports = pipeline.run_until_settled(instance, resources)
     stopped = next((r for r in reports if "all" in r.failed), None)
+    if not reports:
+        ui.line("nothing to do: every asset is up to date with the data root")
     ui.line()
     if stopped is not None:
-        ui.error(f"the demo stopped at {stopped.name}, whose output the later stages need: fix the cause "
-                 "above and run it again (what is done stays done)")
+        ui.error(f"{stopped.name} failed, and the steps that need its output did not run: fix the cause "
+                 "above and run the demo again (what is done stays done)")
     else:
         for text in results_lines(WorkLayout(settings.work_root())):
             ui.line(text)

@@ -15,7 +15,7 @@ from typing import Iterator, Protocol
 
 class ProgressListener(Protocol):
     def stage_started(self, name: str, index: int, count: int) -> None:
-        """Stage `index` (1-based) of `count` begins."""
+        """Stage `index` (1-based) of `count` (0: not known ahead) begins."""
 
     def expect(self, total: int, unit: str) -> None:
         """The running stage will do `total` units (cases, epochs)."""

@@ -50,6 +50,9 @@ class RunProfile(ConfigurableResource):
     device: str = "auto"
     # Student inference: "fastest" (FLARE22 window skipping), "fast" or "stock".
     inference_mode: str = "fastest"
+    # Seeds Python, NumPy and torch before training: the same data gives the
+    # same sampling and initial weights (augmentation workers add their own noise).
+    seed: int = 0
 
     @property
     def settings(self):

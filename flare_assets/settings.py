@@ -5,7 +5,9 @@ FLARE_WORK_ROOT   where every output is written              default ./demo/work
 FLARE_PROFILE     run profile: cpu (demo), test, flare23     default cpu
 FLARE_DEVICE      auto, cpu or cuda                          default auto
 FLARE_INFERENCE_MODE  fastest, fast or stock                 default fastest
-FLARE_SENSORS     on: case sensors start running; off: they start stopped   default on
+FLARE_SENSORS     on: discovery and automation sensors start running; off: stopped   default on
+FLARE_SETTLE_SECONDS  a case file is picked up once unchanged this long   default 10
+FLARE_RETRAIN_CRON    when the teacher and student may retrain (if their data changed)   default 0 2 * * *
 """
 from __future__ import annotations
 
@@ -37,3 +39,13 @@ def inference_mode() -> str:
 
 def sensors_start_running() -> bool:
     return os.environ.get("FLARE_SENSORS", "on").lower() not in {"off", "0", "false", "no"}
+
+
+def settle_seconds() -> float:
+    return float(os.environ.get("FLARE_SETTLE_SECONDS", "10"))
+
+
+def retrain_cron() -> str:
+    from flare_assets.conditions import DEFAULT_RETRAIN_CRON
+
+    return os.environ.get("FLARE_RETRAIN_CRON", DEFAULT_RETRAIN_CRON)

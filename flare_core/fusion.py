@@ -19,38 +19,36 @@ How: label values 0..14 fit in 4 bits, so a pair of labels packs into one
 uint8 key `(first << 4) | second`. One pass per step, slab by slab, computes
 the key, counts all 256 keys (the joint histogram gives the per-class account
 and validates the inputs) and maps the key through a 256-entry table to the
-fused class. `fused_labels` (used by `fuse_case`) does both steps in one pass
-over a 12-bit (partial, tumor, organ) key. No boolean masks, no int64 copies of the volume: numpy's
-`bincount` casts its input to int64, so it only ever sees one slab.
+fused class. `fused_labels` does both steps in one pass over a 12-bit
+(partial, tumor, organ) key. No boolean masks, no int64 copies of the volume:
+numpy's `bincount` casts its input to int64, so it only ever sees one slab
+(`flare_core.label_counts`).
 A full-size volume (512x512x300, 78 M voxels, 78 MB as uint8) fuses with a
 few MB of temporaries beyond its inputs and outputs; with `overwrite=True`
 the outputs reuse the input buffers.
+
+This module works on arrays; `flare_core.fused_case.fuse_and_verify` fuses a
+case from its files and runs the verifiers below.
 """
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
 from flare_core import labels
-from flare_core.io import CaseError, Geometry, read_label
+from flare_core.label_counts import class_counts, slabs
 
 log = logging.getLogger(__name__)
 
 N_CLASSES = labels.MAX_LABEL + 1
-# Voxels per slab (whole slices at least): big enough to stay vectorised, small
-# enough that a slab's temporaries (the int64 buffer bincount makes: 2 MB)
-# stay in cache. One 512x512 slice; measured faster than 1 M or 4 M voxels.
-SLAB_VOXELS = 1 << 18
 _BITS = 4  # label values 0..14 < 2**4
 
 
 class FusionError(ValueError):
-    """Inputs that cannot be fused; `fuse_case` re-raises it as `CaseError`."""
+    """Inputs that cannot be fused; `fused_case.fuse_and_verify` re-raises it as `CaseError`."""
 
 
 @dataclass
@@ -116,12 +114,6 @@ class FusionResult(NamedTuple):
     account: SourceAccount
 
 
-class CaseFusion(NamedTuple):
-    partial_fused: np.ndarray
-    organ_fused: np.ndarray
-    accounts: dict[str, SourceAccount]
-
-
 # --------------------------------------------------------------------------
 # Step a: partial-fused label
 
@@ -147,7 +139,7 @@ def partial_fused_label(partial: np.ndarray | None, annotated: Iterable[int] | N
     if tumor_pseudo is None:
         out = label if _writable(label, partial, overwrite) else label.copy()
         pairs = np.zeros((16, 16), np.int64)
-        pairs[:, 0] = class_counts(label)[:16]
+        pairs[:, 0] = class_counts(label, 16)[:16]
     else:
         tumor = _checked_label(tumor_pseudo, "tumor pseudo-label", label.shape)
         out = label if _writable(label, partial, overwrite) else np.empty_like(label)
@@ -208,7 +200,7 @@ def organ_fused_label(partial_fused: FusionResult | np.ndarray, annotated: Itera
     base, prior = _split_result(partial_fused)
     annotated_set = _annotated_set(annotated)
     if organ_pseudo is None:
-        account = prior.copy() if prior is not None else _account_of(class_counts(base))
+        account = prior.copy() if prior is not None else _account_of(class_counts(base, N_CLASSES))
         return FusionResult(base.copy(), account)
     organ = _checked_label(organ_pseudo, "organ pseudo-label", base.shape)
     out = organ if _writable(organ, organ_pseudo, overwrite) else np.empty_like(base)
@@ -303,39 +295,6 @@ def _one_pass_accounts(counts: np.ndarray, annotated: set[int]) -> tuple[SourceA
 
 
 # --------------------------------------------------------------------------
-# Both steps from files
-
-
-def fuse_case(case_id: str, image_geometry: Geometry, partial_path: Path | None,
-              tumor_pseudo_path: Path | None, organ_pseudo_path: Path | None,
-              annotated: Iterable[int] | None) -> CaseFusion:
-    """Read a case's label files, checked against its image geometry, and fuse.
-
-    Any problem (geometry mismatch, values outside 0..14, a tumor mask that
-    is not binary, classes present that the case does not annotate) raises
-    `CaseError` naming the case; nothing is resampled.
-    """
-    shape = image_geometry.shape_zyx
-    try:
-        partial = _read(partial_path, case_id, image_geometry)
-        tumor = _read(tumor_pseudo_path, case_id, image_geometry)
-        organ = _read(organ_pseudo_path, case_id, image_geometry)
-        first, second = fused_labels(partial, annotated, tumor, organ, shape=shape, overwrite=True)
-    except FusionError as error:
-        raise CaseError(case_id, str(error)) from None
-    log.info("case %s fused: %s", case_id, second.account.totals())
-    return CaseFusion(first.label, second.label,
-                      {"partial_fused": first.account, "organ_fused": second.account})
-
-
-def _read(path: Path | None, case_id: str, geometry: Geometry) -> np.ndarray | None:
-    if path is None:
-        return None
-    array, _ = read_label(Path(path), case_id, image_geometry=geometry, max_label=labels.MAX_LABEL)
-    return array
-
-
-# --------------------------------------------------------------------------
 # Verifiers for asset checks
 
 
@@ -348,10 +307,10 @@ def check_agrees_with_annotation(fused: np.ndarray, partial: np.ndarray | None,
     label leaves 0 never becomes a class the case annotates. Unlabelled cases
     (partial None) are only checked for valid values.
     """
-    problems = _value_problems(fused, "fused label")
+    problems = value_problems(fused, "fused label")
     if partial is None or problems:
         return problems
-    problems = _value_problems(partial, "partial label")
+    problems = value_problems(partial, "partial label")
     if problems or partial.shape != fused.shape:
         return problems or [f"fused label shape {fused.shape} != partial label shape {partial.shape}"]
     annotated_set = _annotated_set(annotated)
@@ -376,7 +335,7 @@ def check_organ_fused(organ_fused: np.ndarray, partial_fused: np.ndarray,
     """Problems with an organ-fused label against its partial-fused label:
     every nonzero partial-fused voxel kept, no new tumor, no annotated class
     filled in."""
-    problems = _value_problems(organ_fused, "organ-fused label") + _value_problems(partial_fused, "partial-fused label")
+    problems = value_problems(organ_fused, "organ-fused label") + value_problems(partial_fused, "partial-fused label")
     if problems or organ_fused.shape != partial_fused.shape:
         return problems or [f"organ-fused shape {organ_fused.shape} != partial-fused shape {partial_fused.shape}"]
     pairs = joint_counts((partial_fused, organ_fused))  # pairs[partial-fused class, organ-fused class]
@@ -389,7 +348,8 @@ def check_organ_fused(organ_fused: np.ndarray, partial_fused: np.ndarray,
     return problems
 
 
-def _value_problems(label: np.ndarray, what: str) -> list[str]:
+def value_problems(label: np.ndarray, what: str) -> list[str]:
+    """Problems with a label's values: not uint8, or outside 0..14."""
     if label.dtype != np.uint8:
         return [f"{what} has dtype {label.dtype}, expected uint8"]
     if label.size == 0 or label.max() <= labels.MAX_LABEL:
@@ -436,27 +396,6 @@ def _pair_lut(rule: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarra
 
 
 _TUMOR_LUT = _pair_lut(lambda partial, tumor: np.where(tumor != 0, labels.TUMOR, partial))
-
-
-def slabs(shape: tuple[int, ...], voxels: int | None = None) -> Iterator[tuple[slice, ...]]:
-    """Index tuples cutting an array into slabs along its first axis."""
-    voxels = SLAB_VOXELS if voxels is None else voxels
-    if not shape:
-        yield ()
-        return
-    per_slice = max(1, math.prod(shape[1:]))
-    step = max(1, voxels // per_slice)
-    for start in range(0, shape[0], step):
-        yield (slice(start, start + step),)
-
-
-def class_counts(label: np.ndarray) -> np.ndarray:
-    """256 voxel counts of a uint8 array, without a full-size int64 copy
-    (np.bincount casts its whole input to int64)."""
-    counts = _zeros(256)
-    for s in slabs(label.shape):
-        counts += np.bincount(label[s].ravel(), minlength=256)
-    return counts
 
 
 def _checked_label(array: np.ndarray, what: str, shape: tuple[int, ...] | None = None) -> np.ndarray:

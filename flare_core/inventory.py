@@ -18,6 +18,7 @@ import numpy as np
 from flare_core import labels
 from flare_core.cases import TRAIN, case_files
 from flare_core.io import CaseError, Geometry, file_sha256, read_ct, read_volume, validate_label_values
+from flare_core.label_counts import present_classes
 from flare_core.layout import DataLayout
 from flare_core.preview import preview_png
 
@@ -106,7 +107,7 @@ def inspect_case(layout: DataLayout, split: str, case_id: str, with_preview: boo
         inventory.label_path = str(files["label"])
         inventory.label_sha256 = file_sha256(files["label"])
         if overlay is not None:
-            inventory.annotated = _present_classes(overlay)
+            inventory.annotated = present_classes(overlay)
             inventory.label_group = labels.label_group(inventory.annotated)
             overlay_name = "partial label"
     if split == TRAIN and "organ_pseudo_label" in files:
@@ -121,11 +122,6 @@ def inspect_case(layout: DataLayout, split: str, case_id: str, with_preview: boo
         title = f"{case_id} · {split} · {overlay_name if usable else 'no usable label'}"
         inventory.preview_png = preview_png(image, overlay if usable else None, geometry, title)
     return inventory
-
-
-def _present_classes(label: np.ndarray) -> list[int]:
-    present = np.flatnonzero(np.bincount(label.ravel(), minlength=labels.MAX_LABEL + 1))
-    return [int(c) for c in present if c != labels.BACKGROUND]
 
 
 def _inspect_label(inventory: CaseInventory, path: Path, image_geometry: Geometry, role: str) -> np.ndarray | None:

@@ -21,6 +21,7 @@ from matplotlib.patches import Patch
 
 from flare_core import labels
 from flare_core.io import Geometry
+from flare_core.label_counts import present_classes
 from flare_core.plotting import render_png
 
 # Abdominal soft-tissue window (HU): level 40, width 400.
@@ -177,11 +178,6 @@ def png_markdown(png: bytes, title: str = "preview") -> str:
 
 # --------------------------------------------------------------------------
 # What to show
-
-
-def present_classes(label: np.ndarray) -> list[int]:
-    counts = np.bincount(label.ravel(), minlength=labels.MAX_LABEL + 1)
-    return [int(c) for c in np.flatnonzero(counts) if c != labels.BACKGROUND]
 
 
 def informative_index(label: np.ndarray, axis: int) -> int:

@@ -73,6 +73,12 @@ def pipeline_run(tiny_data_root, tmp_path_factory):
     mp.setenv("FLARE_PROFILE", "test")
     mp.setenv("FLARE_DEVICE", "cpu")
     with DagsterInstance.from_config(str(home)) as instance:
-        reports = pipeline.run_all(instance, resources)
-        yield instance, resources, {r.name: r for r in reports}, work
+        reports = pipeline.run_until_settled(instance, resources)
+        yield instance, resources, pipeline.merged_reports(reports), work
     mp.undo()
+
+
+def partition_range_tags(first: str, last: str) -> dict[str, str]:
+    """Dagster's run tags for one run over partitions first..last: what a
+    backfill launches for an asset with a multi-run backfill policy."""
+    return {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 
+from flare_core.label_counts import class_counts
+
 log = logging.getLogger(__name__)
 
 
@@ -25,7 +27,7 @@ def class_frequencies(preprocessed_folder: Path, num_classes: int, max_cases: in
         _, seg, _, _ = dataset.load_case(identifier)
         values = np.asarray(seg[0]).ravel()
         values = values[(values >= 0) & (values < num_classes)]  # -1 marks padding outside the image
-        counts += np.bincount(values.astype(np.int64), minlength=num_classes)
+        counts += class_counts(values, num_classes)
     total = counts.sum()
     if total == 0:
         raise ValueError(f"no labelled voxels in {preprocessed_folder}")

@@ -20,7 +20,6 @@ with the input image's exact geometry.
 from __future__ import annotations
 
 import logging
-import os
 import resource
 import sys
 import time
@@ -33,8 +32,10 @@ import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from flare_core.io import Geometry, read_ct, write_volume
+from flare_core.label_counts import foreground_counts
+from flare_core.nnunet.environment import configure_threads, select_device
 from flare_core.nnunet.fastest_rules import FastestRules, StepTrace, predict_with_rules
-from flare_core.nnunet.model_loading import LoadedStudent, load_student
+from flare_core.nnunet.model_loading import CHECKPOINT, LoadedStudent, load_student
 from flare_core.nnunet.sliding_window import WindowCounts, WindowRunner, predict_all_windows
 from flare_core.nnunet.torch_preprocessing import (
     normalize_ct,
@@ -97,21 +98,6 @@ class _CountingPredictor(nnUNetPredictor):
         return slicers
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def peak_rss_bytes() -> int:
     """This process's peak resident memory so far.
 
@@ -127,17 +113,6 @@ def peak_rss_bytes() -> int:
         pass
     scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
-
-
-def class_voxel_counts(label: np.ndarray, num_classes: int, chunk_voxels: int = 1 << 22) -> dict[int, int]:
-    """Voxels per foreground class. Counted in chunks: np.bincount widens its
-    input to int64, which for a whole 512 x 512 x 200 map is an 800 MB copy."""
-    flat = label.reshape(-1)
-    counts = np.zeros(max(num_classes, int(label.max(initial=0)) + 1), dtype=np.int64)
-    for begin in range(0, flat.size, chunk_voxels):
-        chunk = np.bincount(flat[begin:begin + chunk_voxels], minlength=counts.size)
-        counts[:chunk.size] += chunk
-    return {int(c): int(counts[c]) for c in range(1, counts.size)}
 
 
 class StudentPredictor:
@@ -159,14 +134,11 @@ class StudentPredictor:
         CPU speed measurably here, so both are off by default)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if mode == "stock" and model.plans_manager is None:
-            raise ValueError("the stock mode needs nnU-Net's plans: load the model with load_student")
         self.model = model
         self.mode = mode
-        self.device = resolve_device(device)
-        self.num_threads = num_threads or available_cores()
+        self.device = select_device(device)
         # Set deliberately: torch's default may count cores this process may not use.
-        torch.set_num_threads(self.num_threads)
+        self.num_threads = configure_threads(num_threads)
         self.mirroring = mirroring
         self.mirror_axes = tuple(mirror_axes) if mirror_axes is not None else model.mirror_axes
         if mode == "stock" and mirroring and not self.mirror_axes:
@@ -190,23 +162,14 @@ class StudentPredictor:
     @classmethod
     def from_results(cls, results_folder: Path, mode: str = "fastest", device: str | torch.device = "auto",
                      num_threads: int | None = None, fold: str | int = "all",
-                     checkpoint_name: str = "checkpoint_final.pth", **options) -> "StudentPredictor":
+                     checkpoint_name: str = CHECKPOINT, **options) -> "StudentPredictor":
         """Load a nnU-Net v2 results folder once; `options` go to the constructor."""
-        started = time.perf_counter()
         model = load_student(Path(results_folder), fold=fold, checkpoint_name=checkpoint_name)
-        model.load_seconds = time.perf_counter() - started
         return cls(model, mode, device=device, num_threads=num_threads, **options)
 
     def _make_stock_predictor(self) -> _CountingPredictor:
-        predictor = _CountingPredictor(
-            tile_step_size=self.tile_step_size, use_gaussian=True, use_mirroring=self.mirroring,
-            perform_everything_on_device=self.device.type == "cuda", device=self.device,
-            verbose=False, allow_tqdm=False,
-        )
-        m = self.model
-        predictor.manual_initialization(m.network, m.plans_manager, m.configuration_manager, [m.state_dict],
-                                        m.dataset_json, m.trainer_name, self.mirror_axes)
-        return predictor
+        return self.model.nnunet_predictor(self.device, tile_step_size=self.tile_step_size, mirroring=self.mirroring,
+                                           mirror_axes=self.mirror_axes, predictor_class=_CountingPredictor)
 
     # ---------------------------------------------------------------- cases
 
@@ -246,7 +209,7 @@ class StudentPredictor:
         return PredictionResult(
             label=label, geometry=geometry, seconds=time.perf_counter() - started,
             windows_evaluated=counts.evaluated, windows_skipped=counts.skipped,
-            class_voxel_counts=class_voxel_counts(label, self.model.plan.num_classes),
+            class_voxel_counts=foreground_counts(label, self.model.plan.num_classes),
             mode=self.mode, peak_memory_bytes=self._peak_memory(), step_trace=trace,
         )
 

@@ -88,8 +88,11 @@ def _set_env(key: str, value: str | int | None) -> None:
         os.environ[key] = str(value)
 
 
-def select_device(preference: str = "auto") -> torch.device:
-    """`auto`: CUDA when available, else CPU; `cpu`/`cuda` force (cuda fails loudly when absent)."""
+def select_device(preference: str | torch.device = "auto") -> torch.device:
+    """`auto`: CUDA when available, else CPU; `cpu`/`cuda` (or `cuda:N`) force
+    (cuda fails loudly when absent). A `torch.device` is taken as it is."""
+    if isinstance(preference, torch.device):
+        return preference
     preference = (preference or "auto").lower()
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -47,6 +47,7 @@ from flare_core.nnunet.dataset_export import read_export_digest
 from flare_core.nnunet.environment import (
     NnunetFolders, configure_threads, default_augmentation_workers, scoped_env, select_device, use_work_root,
 )
+from flare_core.nnunet.model_loading import read_checkpoint
 from flare_core.nnunet.settings import TRAINING_KEY, StudentSettings, TeacherSettings, with_training
 from flare_core.nnunet.student_planner import STUDENT_PLANS, FlareStudentPlanner
 from flare_core.nnunet.student_trainer import FlareStudentTrainer
@@ -199,7 +200,7 @@ def train(work: WorkLayout | Path, dataset_name: str, settings: ModelSettings, d
     """
     start = time.perf_counter()
     folders = use_work_root(work)
-    device = select_device(device) if isinstance(device, str) else device
+    device = select_device(device)
     if device.type == "cpu":
         configure_threads(threads)
     role = ROLES[settings.role]
@@ -279,13 +280,7 @@ def _choose_start(fold_dir: Path, identity: str, requested: int) -> Path | str |
 
 
 def _checkpoint_epochs(path: Path) -> int:
-    return int(_load_checkpoint(path)["current_epoch"])
-
-
-def _load_checkpoint(path: Path) -> dict:
-    # nnU-Net checkpoints hold numpy scalars: weights_only=False is required.
-    # Only checkpoints this platform wrote are ever loaded here.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return int(read_checkpoint(path)["current_epoch"])
 
 
 def _summary(trainer: ConfiguredTrainer, fold_dir: Path, dataset_name: str, role: ModelRole, configuration: str,
@@ -296,7 +291,7 @@ def _summary(trainer: ConfiguredTrainer, fold_dir: Path, dataset_name: str, role
 
 def _summary_from_checkpoint(fold_dir: Path, dataset_name: str, role: ModelRole, configuration: str,
                              device: torch.device, start: float) -> TrainingSummary:
-    checkpoint = _load_checkpoint(fold_dir / "checkpoint_final.pth")
+    checkpoint = read_checkpoint(fold_dir / "checkpoint_final.pth")
     return _summary_from_logging(checkpoint["logging"], fold_dir, dataset_name, role, configuration, device, start,
                                  None, True)
 

@@ -1,10 +1,11 @@
 """Tumor pseudo-labels: teacher inference, model loaded once, no test-time augmentation.
 
 `TumorPredictor.from_results(model_folder, device)` reads a standard nnU-Net v2
-results folder (plans.json, dataset.json, fold_all/checkpoint_final.pth),
-builds the network from the plans itself and hands it to nnU-Net's predictor
-with `manual_initialization`. That avoids nnU-Net's trainer lookup by name,
-which imports every trainer shipped with nnunetv2, some of which need
+results folder (plans.json, dataset.json, fold_all/checkpoint_final.pth) with
+`flare_core.nnunet.model_loading.load_model`, the loader the student uses too:
+it builds the network from the plans itself and hands it to nnU-Net's
+predictor with `manual_initialization`. That avoids nnU-Net's trainer lookup
+by name, which imports every trainer shipped with nnunetv2, some of which need
 torchvision, and torchvision does not import with the CPU build of torch.
 Prediction runs in-process (`predict_single_npy_array`: no worker pools),
 with Gaussian-weighted sliding windows and no mirroring. Each image is
@@ -32,71 +33,54 @@ Or from Python: `nnUNetPredictor(...).initialize_from_trained_model_folder(
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
-from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from flare_core.io import Geometry, file_sha256, read_ct, write_volume
+from flare_core.io import Geometry, read_ct, write_volume
 from flare_core.nnunet.environment import select_device
-from flare_core.orientation import ModelInput, model_orientation
+from flare_core.nnunet.model_loading import CHECKPOINT, LoadedModel, load_model
+from flare_core.orientation import ModelInput
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT = "checkpoint_final.pth"
 
 
 class TumorPredictor:
     """A trained teacher, ready to predict binary tumor masks case after case."""
 
-    def __init__(self, predictor: nnUNetPredictor, model_folder: Path, checkpoint_sha256: str | None = None,
-                 orientation: str | None = None):
-        """`orientation`: the one the model was trained in; None reads images in stored order."""
-        self.predictor = predictor
-        self.model_folder = Path(model_folder)
-        self.checkpoint_sha256 = checkpoint_sha256
-        self.orientation = orientation
-        self.load_seconds = 0.0
+    def __init__(self, model: LoadedModel, device: torch.device | str = "auto", tile_step_size: float = 0.5):
+        self.model = model
+        self.device = select_device(device)
+        # No test-time mirroring: it multiplies the windows the network evaluates.
+        self.predictor = model.nnunet_predictor(self.device, tile_step_size=tile_step_size)
 
     @classmethod
     def from_results(cls, model_folder: Path, device: torch.device | str = "auto", fold: str = "all",
                      checkpoint: str = CHECKPOINT, tile_step_size: float = 0.5) -> "TumorPredictor":
         """Load `<model_folder>/fold_<fold>/<checkpoint>` with the folder's plans and dataset.json."""
-        start = time.perf_counter()
-        model_folder = Path(model_folder)
-        device = select_device(device) if isinstance(device, str) else device
-        plans = PlansManager(json.loads((model_folder / "plans.json").read_text()))
-        dataset_json = json.loads((model_folder / "dataset.json").read_text())
-        # Our own checkpoint (numpy scalars inside): weights_only=False is required.
-        checkpoint_path = model_folder / f"fold_{fold}" / checkpoint
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        configuration = plans.get_configuration(state["init_args"]["configuration"])
-        network = get_network_from_plans(
-            configuration.network_arch_class_name, configuration.network_arch_init_kwargs,
-            configuration.network_arch_init_kwargs_req_import,
-            determine_num_input_channels(plans, configuration, dataset_json),
-            plans.get_label_manager(dataset_json).num_segmentation_heads,
-            allow_init=False, deep_supervision=False)
-        network.load_state_dict(state["network_weights"])
-        predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=False,
-                                    perform_everything_on_device=device.type == "cuda", device=device,
-                                    verbose=False, allow_tqdm=False)
-        predictor.manual_initialization(network, plans, configuration, [state["network_weights"]], dataset_json,
-                                        state["trainer_name"], None)
-        orientation = model_orientation(dataset_json)
-        loaded = cls(predictor, model_folder, file_sha256(checkpoint_path), orientation)
-        loaded.load_seconds = time.perf_counter() - start
-        log.info("loaded teacher %s (%s, orientation %s) on %s in %.1f s", model_folder.name, state["trainer_name"],
-                 orientation or "stored order", device, loaded.load_seconds)
+        loaded = cls(load_model(Path(model_folder), fold, checkpoint), device, tile_step_size)
+        log.info("teacher ready on %s", loaded.device)
         return loaded
+
+    @property
+    def model_folder(self) -> Path | None:
+        return self.model.results_folder
+
+    @property
+    def checkpoint_sha256(self) -> str | None:
+        return self.model.checkpoint_sha256
+
+    @property
+    def orientation(self) -> str | None:
+        """The orientation the model was trained in; None reads images in stored order."""
+        return self.model.orientation
+
+    @property
+    def load_seconds(self) -> float:
+        return self.model.load_seconds
 
     def predict_array(self, image: np.ndarray, geometry: Geometry) -> np.ndarray:
         """Binary uint8 mask (z, y, x) of an image array (z, y, x) placed at
@@ -122,9 +106,3 @@ class TumorPredictor:
         mask, geometry, seconds = self.predict_case(image_path, case_id)
         write_volume(mask, geometry, Path(output_path))
         return Path(output_path), int(mask.sum()), seconds
-
-    def predict_cases(self, cases: Iterable[tuple[str, Path]]) -> Iterator[tuple[str, np.ndarray, Geometry, float]]:
-        """Predict (case_id, image_path) pairs one after the other with the loaded model."""
-        for case_id, image_path in cases:
-            mask, geometry, seconds = self.predict_case(image_path, case_id)
-            yield case_id, mask, geometry, seconds

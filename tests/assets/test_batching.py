@@ -2,7 +2,7 @@
 from dagster import (
     AssetExecutionContext, AssetKey, BackfillPolicy, DagsterInstance, MaterializeResult, asset, materialize,
 )
-from flare_assets.partitions import partition_range_tags
+from tests.conftest import partition_range_tags
 
 from flare_core.io import CaseError
 from flare_assets import batching

@@ -3,17 +3,22 @@ and planted bad cases fail alone, with messages that name them."""
 import hashlib
 import json
 
-import numpy as np
-import pytest
-from dagster import AssetKey, materialize
+from dagster import AssetSelection, materialize
 from PIL import Image
 
 from flare_core.io import Geometry, read_volume, write_volume
 from flare_core.layout import DataLayout
 from flare_core.preview import WIDTH_PX
 from flare_assets import pipeline
-from flare_assets.assets import cases
+from flare_assets.defs import cases
 from tests.conftest import make_resources
+
+REGISTRATION = AssetSelection.assets("training_case", "inference_case")
+
+
+def _register(instance, resources):
+    """Register every case the way the automation does (discovery, then the conditions)."""
+    return pipeline.merged_reports(pipeline.run_until_settled(instance, resources, selection=REGISTRATION))
 
 
 def _phantom_groups(root):
@@ -40,7 +45,7 @@ def test_registration_records_inventory_preview_and_passing_checks(tiny_data_roo
                                          "tumor_only", "partial_organs", "unlabelled", "empty_label"}
     assert len(meta["image_sha256"].value) == 64
     assert "data:image/png;base64," in meta["preview"].value
-    with Image.open(tmp_path / "work" / "previews" / f"{case_id}.png") as png:
+    with Image.open(tmp_path / "work" / "previews" / f"{case_id}.train_case.png") as png:
         assert png.format == "PNG" and png.width == WIDTH_PX  # three planes side by side
     inventory = json.loads((tmp_path / "work" / "cases" / "train" / f"{case_id}.json").read_text())
     _, geometry = read_volume(DataLayout(tiny_data_root).train_image(case_id), case_id)
@@ -53,8 +58,7 @@ def test_registration_records_inventory_preview_and_passing_checks(tiny_data_roo
 def test_tumor_subset_is_exactly_the_tumor_annotating_cases(tiny_data_root, tmp_path, instance):
     resources = make_resources(tiny_data_root, tmp_path / "work")
     before = _tree_hashes(tiny_data_root)
-    pipeline.sync_partitions(instance, resources["data_root"])
-    report = pipeline.register_cases(instance, resources, "train")
+    report = _register(instance, resources)["training_case"]
     assert not report.failed and len(report.done) == 10
     result = materialize([cases.tumor_subset], instance=instance, resources=resources)
     manifest = json.loads((tmp_path / "work" / "manifests" / "tumor_subset.json").read_text())
@@ -68,12 +72,11 @@ def test_tumor_subset_is_exactly_the_tumor_annotating_cases(tiny_data_root, tmp_
     assert _tree_hashes(tiny_data_root) == before, "inputs must never be modified"
 
 
-def test_registration_is_skipped_when_nothing_changed(tiny_data_root, tmp_path, instance):
+def test_registration_is_not_repeated_when_nothing_changed(tiny_data_root, tmp_path, instance):
     resources = make_resources(tiny_data_root, tmp_path / "work")
-    pipeline.sync_partitions(instance, resources["data_root"])
-    first = pipeline.register_cases(instance, resources, "infer")
-    second = pipeline.register_cases(instance, resources, "infer")
-    assert len(first.done) == 2 and second.done == [] and len(second.skipped) == 2
+    first = _register(instance, resources)
+    assert len(first["inference_case"].done) == 2 and len(first["training_case"].done) == 10
+    assert _register(instance, resources) == {}
 
 
 def _plant_bad_cases(root):
@@ -94,13 +97,15 @@ def _plant_bad_cases(root):
 def test_planted_bad_cases_fail_alone_with_clear_messages(data_root_copy, tmp_path, instance):
     _plant_bad_cases(data_root_copy)
     resources = make_resources(data_root_copy, tmp_path / "work")
-    rejected = pipeline.sync_partitions(instance, resources["data_root"])
-    assert any("bad name" in r for r in rejected["train"])
-    assert "bad name" not in " ".join(instance.get_dynamic_partitions("training_cases"))
+    found = pipeline.discover_cases(instance, resources)
+    assert any("bad name" in r for r in found["train"].problems.values())
+    # An image whose header cannot be read never becomes a partition: reported by discovery.
+    assert "unreadable NIfTI header" in found["train"].problems["FLARE23_0004"]
+    assert {"bad name", "FLARE23_0004"}.isdisjoint(instance.get_dynamic_partitions("training_cases"))
 
-    report = pipeline.register_cases(instance, resources, "train")
-    assert sorted(report.failed) == ["FLARE23_0002", "FLARE23_0003", "FLARE23_0004"]
-    for case_id, problem in [("FLARE23_0002", "origin"), ("FLARE23_0003", "[17]"), ("FLARE23_0004", "truncated")]:
+    report = _register(instance, resources)["training_case"]
+    assert sorted(report.failed) == ["FLARE23_0002", "FLARE23_0003"]
+    for case_id, problem in [("FLARE23_0002", "origin"), ("FLARE23_0003", "[17]")]:
         assert case_id in report.failed[case_id] and problem in report.failed[case_id]
     assert len(report.done) == 7
 
@@ -116,6 +121,6 @@ def test_planted_bad_cases_fail_alone_with_clear_messages(data_root_copy, tmp_pa
 
     materialize([cases.tumor_subset], instance=instance, resources=resources)
     manifest = json.loads((tmp_path / "work" / "manifests" / "tumor_subset.json").read_text())
-    assert set(manifest["excluded"]) == {"FLARE23_0002", "FLARE23_0003", "FLARE23_0004"}
-    assert "truncated" in manifest["excluded"]["FLARE23_0004"]
+    assert set(manifest["excluded"]) == {"FLARE23_0002", "FLARE23_0003"}
+    assert "origin" in manifest["excluded"]["FLARE23_0002"]
     assert not set(manifest["cases"]) & set(manifest["excluded"])

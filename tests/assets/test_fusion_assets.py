@@ -3,16 +3,19 @@ case whose pseudo-label is broken."""
 import shutil
 
 import numpy as np
-from dagster import AssetCheckKey, AssetKey, DagsterInstance
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
-from flare_assets.partitions import partition_range_tags
-from dagster import materialize
+from dagster import AssetCheckKey, AssetKey, DagsterInstance, materialize
 
 from flare_core.io import Geometry, read_volume, write_volume
 from flare_core.layout import DataLayout
-from flare_assets.assets.fusion import fused_labels
+from flare_assets.defs.fusion import fused_labels
 from flare_assets.pipeline import latest_metadata
-from tests.conftest import make_resources
+from tests.conftest import make_resources, partition_range_tags
+
+
+def check_status_by_case(instance, asset: str, check: str) -> dict[str, str]:
+    """The latest result of a partitioned check, case by case."""
+    infos = instance.event_log_storage.get_asset_check_partition_info([AssetCheckKey(AssetKey(asset), check)])
+    return {i.partition_key: i.latest_execution_status.value for i in infos}
 
 
 def test_every_usable_case_has_both_fused_labels_with_passing_checks(pipeline_run, tiny_data_root):
@@ -28,9 +31,8 @@ def test_every_usable_case_has_both_fused_labels_with_passing_checks(pipeline_ru
             assert geometry.differences(image_geometry) == []
     for key, name in [("partial_fused_label", "annotated_tumor_kept"), ("organ_fused_label", "keeps_partial_fused"),
                       ("organ_fused_label", "agrees_with_annotation"), ("organ_fused_label", "geometry_matches_image")]:
-        history = instance.event_log_storage.get_asset_check_execution_history(
-            AssetCheckKey(AssetKey(key), name), limit=1)
-        assert history and history[0].status == AssetCheckExecutionRecordStatus.SUCCEEDED, (key, name)
+        statuses = check_status_by_case(instance, key, name)  # partitioned checks: one result per case
+        assert statuses == {c: "SUCCEEDED" for c in report.done}, (key, name, statuses)
     meta = latest_metadata(instance, AssetKey("organ_fused_label"), report.done[0])
     assert "data:image/png;base64," in meta["preview"]
     assert {r.data["class_name"] for r in meta["sources"].records} >= {"liver", "tumor"}
@@ -71,3 +73,6 @@ def test_a_broken_pseudo_label_fails_its_case_only(pipeline_run, tmp_path):
         assert case_id in message and "geometry" in message and "origin" in message
         done = fresh.get_materialized_partitions(AssetKey("organ_fused_label"))
         assert done == set(keys) - {case_id}
+        statuses = check_status_by_case(fresh, "partial_fused_label", "geometry_matches_image")
+        assert {c: v for c, v in statuses.items() if c != case_id} == {c: "SUCCEEDED" for c in keys if c != case_id}
+        assert statuses.get(case_id) != "SUCCEEDED", "the failed case has no passing check result"

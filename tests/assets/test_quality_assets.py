@@ -5,7 +5,7 @@ import shutil
 from dagster import AssetKey, DagsterInstance, materialize
 
 from flare_core import label_quality as lq
-from flare_assets.assets.quality import label_quality, label_quality_summary
+from flare_assets.defs.quality import label_quality, label_quality_summary
 from flare_assets.pipeline import latest_metadata
 from tests.conftest import make_resources
 

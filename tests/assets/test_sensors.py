@@ -1,23 +1,36 @@
-"""The case sensors add partitions only for new cases, re-request changed ones,
-never repeat themselves, and report broken or unsafely named files."""
+"""The discovery sensors: partitions for new cases only, one files event per new
+or changed case, a cursor of a few bytes, nothing reported twice, broken or
+unsafe files reported once, a fresh cursor quiet on a registered instance."""
 import gzip
 import os
 import shutil
+import time
 
-from dagster import build_sensor_context
+import pytest
+from dagster import AssetKey, build_sensor_context
 
-from flare_core.layout import DataLayout
+from flare_core.layout import DataLayout, WorkLayout
+from flare_assets.case_discovery import Cursor, discover
+from flare_assets.defs.discovery import inference_case_sensor, training_case_sensor
 from flare_assets.resources import FlareDataRoot, FlareWorkRoot
-from flare_assets.sensors import inference_case_sensor, training_case_sensor
+
+FILES = AssetKey("training_case_files")
+
+
+@pytest.fixture(autouse=True)
+def no_settling(monkeypatch):
+    monkeypatch.setenv("FLARE_SETTLE_SECONDS", "0")
 
 
 def _tick(sensor, instance, root, cursor=None, work=None):
+    """One sensor evaluation, its result applied to the instance as the daemon would."""
     resources = {"data_root": FlareDataRoot(path=str(root)),
                  "work_root": FlareWorkRoot(path=str(work or root.parent / "work"))}
-    context = build_sensor_context(instance=instance, cursor=cursor, resources=resources)
-    result = sensor(context)
+    result = sensor(build_sensor_context(instance=instance, cursor=cursor, resources=resources))
     for request in result.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    for event in result.asset_events or []:
+        instance.report_runless_asset_event(event)
     return result
 
 
@@ -25,56 +38,110 @@ def _added(result):
     return [k for r in (result.dynamic_partitions_requests or []) for k in r.partition_keys]
 
 
-def test_first_tick_registers_every_case_then_goes_quiet(data_root_copy, instance):
+def _reported(result):
+    return {e.partition: e.metadata["discovered_as"].value for e in result.asset_events or []}
+
+
+def _rewrite(path):
+    """Write a file again with the same bytes: a new change time, as a re-export would leave."""
+    time.sleep(0.01)
+    data = path.read_bytes()
+    path.unlink()
+    path.write_bytes(data)
+
+
+def test_first_tick_adds_every_case_then_goes_quiet_with_a_tiny_cursor(data_root_copy, instance):
     first = _tick(training_case_sensor, instance, data_root_copy)
     case_ids = sorted(instance.get_dynamic_partitions("training_cases"))
-    assert len(case_ids) == 10
-    assert sorted(r.partition_key for r in first.run_requests) == case_ids
-    assert all(r.asset_selection[0].path == ["training_case"] for r in first.run_requests)
+    assert len(case_ids) == 10 and sorted(_added(first)) == case_ids
+    assert _reported(first) == {c: "new" for c in case_ids}
+    assert not first.run_requests, "sensors only discover; the automation conditions request the work"
     second = _tick(training_case_sensor, instance, data_root_copy, first.cursor)
-    assert second.run_requests == [] and _added(second) == []
+    assert _added(second) == [] and _reported(second) == {}
     assert "no new or changed" in second.skip_reason.skip_message
+    assert len(second.cursor) < 200, second.cursor
 
 
-def test_only_new_cases_get_partitions_and_changed_cases_are_rerequested(data_root_copy, instance):
+def test_only_new_cases_get_partitions_and_changed_cases_an_event(data_root_copy, instance):
     layout = DataLayout(data_root_copy)
     cursor = _tick(training_case_sensor, instance, data_root_copy).cursor
+    time.sleep(0.01)
     shutil.copy(layout.train_image("FLARE23_0001"), layout.train_image("FLARE23_0100"))
-    label = layout.train_label("FLARE23_0002")
-    os.utime(label, ns=(label.stat().st_atime_ns, label.stat().st_mtime_ns + 10**9))
+    _rewrite(layout.train_label("FLARE23_0002"))
     result = _tick(training_case_sensor, instance, data_root_copy, cursor)
     assert _added(result) == ["FLARE23_0100"]
-    tags = {r.partition_key: r.tags["flare/trigger"] for r in result.run_requests}
-    assert tags == {"FLARE23_0100": "new", "FLARE23_0002": "changed"}
-    keys = {r.run_key for r in result.run_requests}
-    assert len(keys) == 2 and all(k.startswith("train:") for k in keys)
+    assert _reported(result) == {"FLARE23_0100": "new", "FLARE23_0002": "changed"}
+    assert _reported(_tick(training_case_sensor, instance, data_root_copy, result.cursor)) == {}
 
 
-def test_broken_and_unsafe_files_are_reported_not_requested(data_root_copy, instance):
+def test_a_file_copied_preserving_its_time_still_counts_as_changed(data_root_copy, instance, tmp_path):
+    layout = DataLayout(data_root_copy)
+    cursor = _tick(training_case_sensor, instance, data_root_copy).cursor
+    label = layout.train_label("FLARE23_0003")
+    old = tmp_path / "old.nii.gz"
+    shutil.copy2(label, old)
+    time.sleep(0.01)
+    shutil.copy2(old, label)  # `cp -p`: the modification time is the old one, the change time is not
+    assert _reported(_tick(training_case_sensor, instance, data_root_copy, cursor)) == {"FLARE23_0003": "changed"}
+
+
+def test_broken_and_unsafe_files_are_reported_once_and_never_added(data_root_copy, instance, tmp_path):
     layout = DataLayout(data_root_copy)
     images = layout.folder("train_images")
     (images / "FLARE23_0200_0000.nii.gz").write_bytes(gzip.compress(b"garbage" * 50))
     shutil.copy(layout.train_image("FLARE23_0001"), images / "evil..name_0000.nii.gz")
+    found = discover(instance, layout, WorkLayout(tmp_path / "work"), "train", cursor=None)
+    assert "unreadable NIfTI header" in found.problems["FLARE23_0200"]
+    assert any("evil..name" in p for p in found.problems.values())
     result = _tick(training_case_sensor, instance, data_root_copy)
-    requested = {r.partition_key for r in result.run_requests}
-    assert "FLARE23_0200" not in requested and len(requested) == 10
     assert "FLARE23_0200" not in instance.get_dynamic_partitions("training_cases")
-    again = _tick(training_case_sensor, instance, data_root_copy, result.cursor)
-    assert again.run_requests == [], "a broken file is reported once, not re-requested every tick"
+    assert len(_reported(result)) == 10
+    again = discover(instance, layout, WorkLayout(tmp_path / "work"), "train", Cursor.from_json(result.cursor))
+    assert again.problems == {} and again.events == [], "reported once, not every tick"
+    assert _reported(_tick(training_case_sensor, instance, data_root_copy, result.cursor)) == {}
+
+
+def test_a_removed_label_counts_as_a_change(data_root_copy, instance, tmp_path):
+    from flare_assets import pipeline
+    from tests.conftest import make_resources
+    from dagster import AssetSelection
+
+    resources = make_resources(data_root_copy, tmp_path / "work")
+    pipeline.run_until_settled(instance, resources, selection=AssetSelection.assets("training_case"))
+    cursor = _tick(training_case_sensor, instance, data_root_copy, work=tmp_path / "work").cursor
+    DataLayout(data_root_copy).train_label("FLARE23_0004").unlink()
+    result = _tick(training_case_sensor, instance, data_root_copy, cursor, work=tmp_path / "work")
+    assert _reported(result) == {"FLARE23_0004": "changed"}
+
+
+def test_a_file_still_being_written_is_left_for_a_later_tick(data_root_copy, instance, monkeypatch):
+    layout = DataLayout(data_root_copy)
+    cursor = _tick(training_case_sensor, instance, data_root_copy).cursor
+    monkeypatch.setenv("FLARE_SETTLE_SECONDS", "3600")
+    shutil.copy(layout.train_image("FLARE23_0001"), layout.train_image("FLARE23_0300"))
+    result = _tick(training_case_sensor, instance, data_root_copy, cursor)
+    assert _added(result) == [] and _reported(result) == {}
+    monkeypatch.setenv("FLARE_SETTLE_SECONDS", "0")
+    assert _added(_tick(training_case_sensor, instance, data_root_copy, result.cursor)) == ["FLARE23_0300"]
+
+
+def test_a_fresh_cursor_on_a_registered_instance_reports_nothing(data_root_copy, instance):
+    _tick(training_case_sensor, instance, data_root_copy)
+    fresh = _tick(training_case_sensor, instance, data_root_copy, cursor=None)
+    assert _added(fresh) == [] and _reported(fresh) == {}
 
 
 def test_inference_sensor_uses_its_own_partition_set(data_root_copy, instance):
-    _tick(inference_case_sensor, instance, data_root_copy)
+    result = _tick(inference_case_sensor, instance, data_root_copy)
     assert len(instance.get_dynamic_partitions("inference_cases")) == 2
     assert instance.get_dynamic_partitions("training_cases") == []
+    assert {e.asset_key for e in result.asset_events} == {AssetKey("inference_case_files")}
 
 
-def test_new_cases_get_their_whole_chain_once_the_models_exist(pipeline_run, data_root_copy, instance):
-    _, _, _, work = pipeline_run
-    first = _tick(training_case_sensor, instance, data_root_copy, work=work)
-    selection = [k.path[0] for k in first.run_requests[0].asset_selection]
-    assert selection == ["training_case", "tumor_pseudo_label", "partial_fused_label", "organ_fused_label",
-                         "label_quality"]
-    infer = _tick(inference_case_sensor, instance, data_root_copy, work=work)
-    assert [k.path[0] for k in infer.run_requests[0].asset_selection] == ["inference_case", "prediction",
-                                                                         "evaluation"]
+def test_cursor_stays_small_however_many_cases(data_root_copy, instance):
+    layout = DataLayout(data_root_copy)
+    for i in range(300):
+        os.link(layout.train_image("FLARE23_0001"), layout.train_image(f"EXTRA_{i:04d}"))
+    result = _tick(training_case_sensor, instance, data_root_copy)
+    assert len(instance.get_dynamic_partitions("training_cases")) == 310
+    assert len(result.cursor) < 200, result.cursor

@@ -4,11 +4,16 @@ import json
 from pathlib import Path
 
 import numpy as np
-from dagster import AssetKey
+import shutil
+
+from dagster import AssetKey, DagsterInstance, materialize
 
 from flare_core.io import read_volume
 from flare_core.layout import DataLayout
+from flare_assets import model_cache
+from flare_assets.defs.teacher import tumor_pseudo_label
 from flare_assets.pipeline import latest_metadata
+from tests.conftest import make_resources, partition_range_tags
 
 
 def _materializations(instance, key, partition=None):
@@ -62,9 +67,19 @@ def test_tumor_pseudo_labels_only_for_cases_without_tumor_annotation(pipeline_ru
         assert meta["lesion_voxels"] == int(mask.sum()) and "seconds" in meta
 
 
-def test_a_batch_of_partitions_runs_once_with_one_model_load(pipeline_run):
-    instance, _, _, _ = pipeline_run
-    events = {e.dagster_event.partition: e.run_id for e in _materializations(instance, "tumor_pseudo_label")}
-    assert len(events) == 10 and len(set(events.values())) == 1, "one run for the whole backfill range"
-    logs = [e.user_message for e in instance.all_logs(next(iter(events.values())))]
-    assert sum("loaded teacher" in m for m in logs) <= 1
+def test_a_batch_of_partitions_runs_once_with_one_model_load(pipeline_run, tmp_path):
+    """What a backfill launches for many cases: one run over a partition range, one teacher load."""
+    instance, resources, _, work = pipeline_run
+    private_work = tmp_path / "work"
+    shutil.copytree(work, private_work)
+    keys = instance.get_dynamic_partitions("training_cases")
+    model_cache.teacher.cache_clear()
+    with DagsterInstance.ephemeral() as fresh:
+        fresh.add_dynamic_partitions("training_cases", keys)
+        result = materialize([tumor_pseudo_label], instance=fresh, tags=partition_range_tags(keys[0], keys[-1]),
+                             resources=make_resources(resources["data_root"].path, private_work))
+        assert result.success
+        assert fresh.get_materialized_partitions(AssetKey("tumor_pseudo_label")) == set(keys)
+        assert len({e.run_id for e in _materializations(fresh, "tumor_pseudo_label")}) == 1
+    assert model_cache.teacher.cache_info().misses == 1, "the teacher is loaded once for the batch"
+

@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flare_core import fusion, labels
+from flare_core import label_counts, labels
+from flare_core.fused_case import CHECK_AGREES, CHECK_VALUES, fuse_and_verify
 from flare_core.fusion import (FusionError, FusionResult, check_agrees_with_annotation, check_organ_fused,
-                               fuse_case, fused_labels, organ_fused_label, partial_fused_label)
+                               fused_labels, organ_fused_label, partial_fused_label)
 from flare_core.io import CaseError, Geometry, write_volume
 
 LIVER, RK, SPLEEN, TUMOR = labels.LIVER, labels.RIGHT_KIDNEY, labels.SPLEEN, labels.TUMOR
@@ -137,7 +138,7 @@ def reference_fusion(partial, annotated, tumor, organ):
 
 @pytest.mark.parametrize("annotated", [None, {LIVER, SPLEEN}, {LIVER, TUMOR}, set(labels.ORGANS)])
 def test_slabbed_fusion_matches_reference(monkeypatch, annotated):
-    monkeypatch.setattr(fusion, "SLAB_VOXELS", 50)  # many slabs on a small volume
+    monkeypatch.setattr(label_counts, "SLAB_VOXELS", 50)  # many slabs on a small volume
     rng = np.random.default_rng(7)
     shape = (9, 6, 7)
     classes = sorted(annotated or [])
@@ -208,7 +209,7 @@ def write(tmp_path, name: str, array: np.ndarray, geometry: Geometry):
     return write_volume(array, geometry, tmp_path / f"{name}.nii.gz")
 
 
-def test_fuse_case_reads_checks_and_fuses(tmp_path, geometry):
+def test_fuse_and_verify_reads_checks_and_fuses(tmp_path, geometry):
     shape = geometry.shape_zyx
     partial = np.zeros(shape, np.uint8)
     partial[0, :2] = LIVER
@@ -216,42 +217,48 @@ def test_fuse_case_reads_checks_and_fuses(tmp_path, geometry):
     tumor[0, 0, 0] = 1
     organ = np.full(shape, SPLEEN, np.uint8)
     organ[2] = LIVER
-    result = fuse_case("case_01", geometry, write(tmp_path, "partial", partial, geometry),
-                       write(tmp_path, "tumor", tumor, geometry), write(tmp_path, "organ", organ, geometry),
-                       {LIVER})
+    result = fuse_and_verify("case_01", geometry, write(tmp_path, "partial", partial, geometry),
+                             write(tmp_path, "tumor", tumor, geometry), write(tmp_path, "organ", organ, geometry),
+                             {LIVER})
     expected_partial, expected_organ = reference_fusion(partial, {LIVER}, tumor, organ)
     np.testing.assert_array_equal(result.partial_fused, expected_partial)
     np.testing.assert_array_equal(result.organ_fused, expected_organ)
-    partial_fused, organ_fused, accounts = result
-    assert accounts["organ_fused"].overridden_by_tumor[LIVER] == 1
-    assert accounts["organ_fused"].total.sum() == partial.size
+    assert result.accounts["organ_fused"].overridden_by_tumor[LIVER] == 1
+    assert result.accounts["organ_fused"].total.sum() == partial.size
+    for output in ("partial_fused", "organ_fused"):
+        assert result.problems[output][CHECK_VALUES] == [] and result.problems[output][CHECK_AGREES] == []
 
 
-def test_fuse_case_unlabelled_without_any_file(geometry):
-    result = fuse_case("case_02", geometry, None, None, None, None)
+def test_fuse_and_verify_unlabelled_without_any_file(geometry):
+    result = fuse_and_verify("case_02", geometry, None, None, None, None)
     assert result.organ_fused.shape == geometry.shape_zyx and not result.organ_fused.any()
 
 
-def test_fuse_case_rejects_pseudo_label_with_other_geometry(tmp_path, geometry):
+def test_fuse_and_verify_rejects_pseudo_label_with_other_geometry(tmp_path, geometry):
     other = Geometry(size=geometry.size, spacing=(0.8, 0.8, 5.0), origin=geometry.origin,
                      direction=geometry.direction)
     organ = write(tmp_path, "organ", np.zeros(geometry.shape_zyx, np.uint8), other)
     with pytest.raises(CaseError, match="case_03.*geometry differs"):
-        fuse_case("case_03", geometry, None, None, organ, None)
+        fuse_and_verify("case_03", geometry, None, None, organ, None)
 
 
-def test_fuse_case_rejects_values_above_14(tmp_path, geometry):
+def test_fuse_and_verify_rejects_values_above_14(tmp_path, geometry):
     organ = np.zeros(geometry.shape_zyx, np.uint8)
     organ[0, 0, 0] = 15
     with pytest.raises(CaseError, match="case_04.*outside 0..14"):
-        fuse_case("case_04", geometry, None, None, write(tmp_path, "organ", organ, geometry), None)
+        fuse_and_verify("case_04", geometry, None, None, write(tmp_path, "organ", organ, geometry), None)
 
 
-def test_fuse_case_names_the_case_for_a_non_binary_tumor_mask(tmp_path, geometry):
+def test_fuse_and_verify_names_the_case_for_a_non_binary_tumor_mask(tmp_path, geometry):
     tumor = np.zeros(geometry.shape_zyx, np.uint8)
     tumor[0, 0, :2] = [1, 2]
     with pytest.raises(CaseError, match="case_05.*tumor pseudo-label has values"):
-        fuse_case("case_05", geometry, None, write(tmp_path, "tumor", tumor, geometry), None, None)
+        fuse_and_verify("case_05", geometry, None, write(tmp_path, "tumor", tumor, geometry), None, None)
+
+
+def test_fuse_and_verify_names_the_case_for_a_missing_file(tmp_path, geometry):
+    with pytest.raises(CaseError, match="case_06.*organ pseudo-label organ.nii.gz does not exist"):
+        fuse_and_verify("case_06", geometry, None, None, tmp_path / "organ.nii.gz", None)
 
 
 def test_fusion_result_is_a_named_pair():

@@ -16,9 +16,9 @@ from flare_core.io import Geometry, read_geometry, read_label, read_volume, writ
 from flare_core.labels import AORTA, LIVER
 from flare_core.nnunet.efficient_predictor import StudentPredictor
 from flare_core.nnunet.environment import scoped_env
-from flare_core.nnunet.toy_student import AIR_HU, build_toy_student, toy_case
 from flare_core.orientation import CANONICAL_ORIENTATION, DATASET_JSON_KEY, reorient_array
 from tests.core.nnunet_fixtures import stored_ras_like
+from tests.core.toy_student import AIR_HU, build_toy_student, toy_case
 
 FLIPPED = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 SPACING_XYZ = (0.8, 0.8, 3.0)

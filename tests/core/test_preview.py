@@ -11,6 +11,7 @@ from PIL import Image
 from flare_core import labels as L
 from flare_core import phantom
 from flare_core import preview as pv
+from flare_core.label_counts import present_classes
 from flare_core.plotting import render_png
 
 BYTE_BUDGET = 300_000
@@ -64,7 +65,7 @@ def test_legend_lists_exactly_the_classes_in_the_label(case):
 
     figure, _ = _drawn(pv.case_preview(case.image, case.labels, case.geometry))
     entries = [text.get_text() for legend in figure.legends for text in legend.get_texts()]
-    assert entries == [f"{c} {L.CLASS_NAMES[c]}" for c in pv.present_classes(case.labels)]
+    assert entries == [f"{c} {L.CLASS_NAMES[c]}" for c in present_classes(case.labels)]
     assert len(entries) == len(L.FOREGROUND)
 
 

@@ -1,6 +1,5 @@
 """Shared steps of the two nnU-Net models (teacher and student): export and
 plan from a manifest of cases, train fold `all`, and describe the result."""
-import json
 from pathlib import Path
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, DataVersion
@@ -67,7 +66,8 @@ def train_model(context: AssetExecutionContext, work: WorkLayout, dataset_name: 
                          epoch, train_loss, pseudo_dice, seconds)
         progress.advance("epoch", epoch + 1, settings.training.num_epochs, f"loss {train_loss:.3f}")
 
-    summary = training.train(work, dataset_name, settings, device=run_profile.device, on_epoch=on_epoch)
+    summary = training.train(work, dataset_name, settings, device=run_profile.device, on_epoch=on_epoch,
+                             seed=run_profile.seed)
     curve = summary.curve
     png = training_curve_png(curve.train_loss, curve.val_loss, curve.pseudo_dice, curve.ema_pseudo_dice)
     write_bytes(png, summary.model_folder / "fold_all" / "flare_training_curve.png")
@@ -91,15 +91,9 @@ def train_model(context: AssetExecutionContext, work: WorkLayout, dataset_name: 
     )
 
 
-def trained_on(work: WorkLayout, state_name: str) -> dict | None:
-    """What the current weights were trained on (None when never trained)."""
-    path = work.manifests / f"{state_name}.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def export_cases(work: WorkLayout, manifest: Manifest, label_for) -> list[ExportCase]:
     """ExportCase per manifest case, the label file chosen by `label_for(case_id, inventory)`."""
-    from flare_assets.assets.cases import load_inventory
+    from flare_core.registry import load_inventory
 
     cases = []
     for case_id in manifest.cases:

@@ -8,8 +8,9 @@ from flare_core.io import file_sha256
 from flare_core.layout import ORGAN_FUSED_LABELS
 from flare_core.manifest import Manifest
 from flare_core.nnunet.dataset_export import export_student_dataset
-from flare_assets.assets.cases import collect_inventories
-from flare_assets.assets.models import export_and_plan, export_cases, plans_metadata, require_cases, train_model
+from flare_assets import conditions, settings
+from flare_assets.defs.cases import registered_cases
+from flare_assets.model_steps import export_and_plan, export_cases, plans_metadata, require_cases, train_model
 from flare_assets.resources import FlareWorkRoot, RunProfile
 
 STUDENT_STATE = "student_weights"
@@ -18,7 +19,7 @@ STUDENT_STATE = "student_weights"
 def fused_label_manifest(context: AssetExecutionContext, work) -> Manifest:
     """Every registered training case with an organ-fused label, by file hash;
     the others listed as excluded with the reason."""
-    inventories, unavailable = collect_inventories(context, work, "train")
+    inventories, unavailable = registered_cases(context, work, "train")
     manifest = Manifest(name="student_plans", excluded=dict(unavailable))
     for inventory in inventories:
         fused = work.per_case(ORGAN_FUSED_LABELS, inventory.case_id)
@@ -31,7 +32,10 @@ def fused_label_manifest(context: AssetExecutionContext, work) -> Manifest:
     return manifest
 
 
-@asset(deps=["organ_fused_label"], group_name="student", kinds={"nnunet", "json"})
+# Settled when nothing up to the registrations (organ-fused <- partial-fused
+# <- tumor pseudo-label <- registration, teacher weights) is running or due.
+@asset(deps=["organ_fused_label"], group_name="student", kinds={"nnunet", "json"},
+       automation_condition=conditions.retrains(settings.retrain_cron(), settle_depth=4))
 def student_plans(context: AssetExecutionContext, work_root: FlareWorkRoot,
                   run_profile: RunProfile) -> MaterializeResult:
     """The organ-fused labels exported as nnU-Net's 15-class task, fingerprinted,
@@ -49,7 +53,8 @@ def student_plans(context: AssetExecutionContext, work_root: FlareWorkRoot,
                              data_version=DataVersion(f"{manifest.digest}-{run_profile.name}"))
 
 
-@asset(deps=[student_plans], group_name="student", pool="gpu", kinds={"nnunet", "pytorch"})
+@asset(deps=[student_plans], group_name="student", pool="gpu", kinds={"nnunet", "pytorch"},
+       automation_condition=conditions.trains())
 def student_weights(context: AssetExecutionContext, work_root: FlareWorkRoot,
                     run_profile: RunProfile) -> MaterializeResult:
     """The student trained on fold `all` (resuming an interrupted run). A

@@ -15,8 +15,10 @@ from dagster import (
 from flare_core.layout import TUMOR_PSEUDO_LABELS
 from flare_core.manifest import Manifest
 from flare_core.nnunet.dataset_export import export_tumor_dataset
-from flare_assets.assets.cases import require_inventory, tumor_subset
-from flare_assets.assets.models import export_and_plan, export_cases, plans_metadata, require_cases, train_model
+from flare_core.registry import require_inventory
+from flare_assets import conditions, model_cache, settings
+from flare_assets.defs.cases import tumor_subset
+from flare_assets.model_steps import export_and_plan, export_cases, plans_metadata, require_cases, train_model
 from flare_assets.batching import run_batch
 from flare_assets.partitions import training_cases
 from flare_assets.resources import FlareWorkRoot, RunProfile
@@ -24,7 +26,8 @@ from flare_assets.resources import FlareWorkRoot, RunProfile
 TEACHER_STATE = "teacher_weights"
 
 
-@asset(deps=[tumor_subset], group_name="teacher", kinds={"nnunet", "json"})
+@asset(deps=[tumor_subset], group_name="teacher", kinds={"nnunet", "json"},
+       automation_condition=conditions.retrains(settings.retrain_cron(), settle_depth=2))
 def teacher_plans(context: AssetExecutionContext, work_root: FlareWorkRoot,
                   run_profile: RunProfile) -> MaterializeResult:
     """The tumor subset exported as nnU-Net's binary task (14 -> 1), fingerprinted,
@@ -42,7 +45,8 @@ def teacher_plans(context: AssetExecutionContext, work_root: FlareWorkRoot,
                              data_version=DataVersion(f"{teacher_manifest.digest}-{run_profile.name}"))
 
 
-@asset(deps=[teacher_plans], group_name="teacher", pool="gpu", kinds={"nnunet", "pytorch"})
+@asset(deps=[teacher_plans], group_name="teacher", pool="gpu", kinds={"nnunet", "pytorch"},
+       automation_condition=conditions.trains())
 def teacher_weights(context: AssetExecutionContext, work_root: FlareWorkRoot,
                     run_profile: RunProfile) -> MaterializeResult:
     """The teacher trained on fold `all` (resuming an interrupted run). A
@@ -60,6 +64,7 @@ def teacher_weights(context: AssetExecutionContext, work_root: FlareWorkRoot,
     pool="gpu",
     backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=100),
     kinds={"nifti"},
+    automation_condition=conditions.per_case(),
 )
 def tumor_pseudo_label(context: AssetExecutionContext, work_root: FlareWorkRoot,
                        run_profile: RunProfile) -> MaterializeResult:
@@ -97,9 +102,8 @@ class _LazyTeacher:
 
     def get(self):
         if self.predictor is None:
-            from flare_core.nnunet.tumor_inference import TumorPredictor
-
             state = json.loads((self.work.manifests / f"{TEACHER_STATE}.json").read_text())
-            self.predictor = TumorPredictor.from_results(state["model_folder"], device=self.run_profile.device)
+            self.predictor = model_cache.teacher(state["model_folder"], state["checkpoint_sha256"],
+                                                 self.run_profile.device)
             self.load_seconds = self.predictor.load_seconds
         return self.predictor

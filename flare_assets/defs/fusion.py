@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 from dagster import (
-    AssetCheckResult,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
@@ -25,8 +24,9 @@ from flare_core.io import Geometry, read_ct, write_bytes, write_volume
 from flare_core.layout import ORGAN_FUSED_LABELS, PARTIAL_FUSED_LABELS, PREVIEWS, TUMOR_PSEUDO_LABELS
 from flare_core.preview import preview_png
 from flare_assets import metadata as md
-from flare_assets.assets.cases import require_inventory
-from flare_assets.batching import run_batch
+from flare_core.registry import require_inventory
+from flare_assets import conditions
+from flare_assets.batching import check_result, log_case_checks, run_batch
 from flare_assets.partitions import training_cases
 from flare_assets.resources import FlareWorkRoot
 
@@ -47,7 +47,8 @@ CHECK_DESCRIPTIONS = {
 
 
 def _check_specs() -> list[AssetCheckSpec]:
-    return [AssetCheckSpec(name, asset=key, description=CHECK_DESCRIPTIONS[name], blocking=True)
+    return [AssetCheckSpec(name, asset=key, description=CHECK_DESCRIPTIONS[name], blocking=True,
+                           partitions_def=training_cases)
             for key, _, names in OUTPUTS.values() for name in names]
 
 
@@ -55,11 +56,12 @@ def _check_specs() -> list[AssetCheckSpec]:
     specs=[
         AssetSpec(PARTIAL, deps=["training_case", "tumor_pseudo_label"], group_name="fusion",
                   description="Partial annotation with every tumor pseudo-label voxel set to 14 (an annotated "
-                              "tumor is never replaced). uint8 NIfTI on the image's grid.", kinds={"nifti"}),
+                              "tumor is never replaced). uint8 NIfTI on the image's grid.", kinds={"nifti"},
+                  automation_condition=conditions.per_case()),
         AssetSpec(ORGAN, deps=[PARTIAL], group_name="fusion",
                   description="Partial-fused label with remaining background filled from the organ pseudo-label, "
                               "only for classes the case does not annotate; the student's training label.",
-                  kinds={"nifti"}),
+                  kinds={"nifti"}, automation_condition=conditions.per_case()),
     ],
     partitions_def=training_cases,
     check_specs=_check_specs(),
@@ -68,7 +70,7 @@ def _check_specs() -> list[AssetCheckSpec]:
 )
 def fused_labels(context: AssetExecutionContext, work_root: FlareWorkRoot):
     work = work_root.layout
-    checks: dict[tuple[AssetKey, str], list[str]] = {}
+    checks: dict[tuple[AssetKey, str], dict[str, list[str]]] = {}
 
     def fuse(case_id: str) -> dict:
         inventory = require_inventory(work, "train", case_id)
@@ -78,13 +80,16 @@ def fused_labels(context: AssetExecutionContext, work_root: FlareWorkRoot):
                                    inventory.organ_pseudo_label_path, inventory.annotated)
         return _write_outputs(work, case_id, geometry, fused, inventory.image_path, checks)
 
-    outcome = run_batch(context, fuse)
+    def log_checks(outcome) -> None:
+        for key, _, names in OUTPUTS.values():
+            for name in names:
+                log_case_checks(context, key, name, checks.get((key, name), {}), outcome.metadata)
+
+    outcome = run_batch(context, fuse, before_settling=log_checks)
     for key, _, names in OUTPUTS.values():
         yield MaterializeResult(asset_key=key, metadata={**outcome.summary})
         for name in names:
-            problems = checks.get((key, name), [])
-            yield AssetCheckResult(asset_key=key, check_name=name, passed=not problems,
-                                   description="; ".join(problems[:20]) or f"ok for {len(outcome.metadata)} cases")
+            yield check_result(context, key, name, checks.get((key, name), {}))
 
 
 def _write_outputs(work, case_id: str, geometry: Geometry, fused: fc.FusedCase, image_path: str,
@@ -96,7 +101,7 @@ def _write_outputs(work, case_id: str, geometry: Geometry, fused: fc.FusedCase, 
         path = write_volume(label, geometry, work.per_case(folder, case_id))
         problems = {**fused.problems[name], fc.CHECK_GEOMETRY: fc.written_geometry_problems(path, case_id, geometry)}
         for check, found in problems.items():
-            checks.setdefault((key, check), []).extend(f"case {case_id!r}: {p}" for p in found)
+            checks.setdefault((key, check), {}).setdefault(case_id, []).extend(f"case {case_id!r}: {p}" for p in found)
         per_asset[key] = _label_metadata(case_id, work, name, key, label, image, geometry, path, fused)
     return per_asset
 

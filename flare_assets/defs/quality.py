@@ -12,7 +12,8 @@ from flare_core.charts import label_quality_rows, score_chart_png
 from flare_core.io import Geometry, write_json
 from flare_core.layout import LABEL_QUALITY, ORGAN_FUSED_LABELS, PARTIAL_FUSED_LABELS, TUMOR_PSEUDO_LABELS
 from flare_assets import metadata as md
-from flare_assets.assets.cases import require_inventory
+from flare_core.registry import require_inventory
+from flare_assets import conditions
 from flare_assets.batching import run_batch
 from flare_assets.partitions import training_cases
 from flare_assets.resources import FlareDataRoot, FlareWorkRoot
@@ -24,6 +25,7 @@ from flare_assets.resources import FlareDataRoot, FlareWorkRoot
     group_name="quality",
     backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=50),
     kinds={"json"},
+    automation_condition=conditions.per_case(),
 )
 def label_quality(context: AssetExecutionContext, data_root: FlareDataRoot,
                   work_root: FlareWorkRoot) -> MaterializeResult:
@@ -62,7 +64,7 @@ def label_quality(context: AssetExecutionContext, data_root: FlareDataRoot,
     return MaterializeResult(metadata=outcome.summary)
 
 
-@asset(deps=[label_quality], group_name="quality", kinds={"json"})
+@asset(deps=[label_quality], group_name="quality", kinds={"json"}, automation_condition=conditions.follows_cases())
 def label_quality_summary(context: AssetExecutionContext, work_root: FlareWorkRoot) -> MaterializeResult:
     """Mean label quality per source (and per source and class) over every
     scored training case: the value of fusion at a glance (fused vs

@@ -1,4 +1,4 @@
-"""A tiny 3d_fullres student, trained in seconds on synthetic CT, for predictor tests and benchmarks.
+"""A tiny 3d_fullres student, trained in seconds on synthetic CT, for the predictor tests.
 
 It goes through nnU-Net v2's real pipeline (raw dataset, fingerprint,
 `ExperimentPlanner`, preprocessing, an `nnUNetTrainer` subclass) and ends in a

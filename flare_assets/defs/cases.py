@@ -1,6 +1,10 @@
-"""Registering cases and forming the tumor subset (step 0 of the method)."""
+"""Registering cases and forming the tumor subset (step 0 of the method).
 
-import json
+The data root's files are external assets (`training_case_files`,
+`inference_case_files`) whose events the discovery sensor reports; a case's
+registration follows them and records its inventory in the case registry
+(`flare_core.registry`), with partitioned blocking checks per case."""
+
 from pathlib import Path
 
 from dagster import (
@@ -8,6 +12,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetSpec,
     DataVersion,
     Failure,
     MaterializeResult,
@@ -15,13 +20,14 @@ from dagster import (
     asset,
 )
 
-from flare_core import labels
+from flare_core import labels, registry
 from flare_core.cases import INFER, TRAIN, case_signature
 from flare_core.grouping import build_tumor_subset
 from flare_core.inventory import CHECKS, CaseInventory, inspect_case
-from flare_core.io import CaseError, write_bytes, write_json
-from flare_core.layout import WorkLayout
-from flare_assets import metadata as md
+from flare_core.io import CaseError, write_bytes
+from flare_core.layout import PREVIEWS, WorkLayout
+from flare_assets import conditions, metadata as md
+from flare_assets.case_discovery import CASE_FILES
 from flare_assets.partitions import inference_cases, training_cases
 from flare_assets.resources import FlareDataRoot, FlareWorkRoot
 
@@ -32,46 +38,21 @@ CHECK_DESCRIPTIONS = {
 }
 
 
-def registration_dir(split: str) -> str:
-    return f"cases/{split}"
-
-
-def inventory_path(work: WorkLayout, split: str, case_id: str) -> Path:
-    return work.per_case(registration_dir(split), case_id, ".json")
-
-
-def error_path(work: WorkLayout, split: str, case_id: str) -> Path:
-    return work.per_case(registration_dir(split), case_id, ".error.json")
-
-
-def load_inventory(work: WorkLayout, split: str, case_id: str) -> CaseInventory | None:
-    path = inventory_path(work, split, case_id)
-    return CaseInventory.from_dict(json.loads(path.read_text())) if path.exists() else None
-
-
-def require_inventory(work: WorkLayout, split: str, case_id: str) -> CaseInventory:
-    """The registered, check-passing inventory of a case, or a `CaseError`."""
-    failure = registration_failure(work, split, case_id)
-    if failure:
-        raise CaseError(case_id, f"registration failed: {failure}")
-    inventory = load_inventory(work, split, case_id)
-    if inventory is None:
-        raise CaseError(case_id, "not registered yet (materialize its registration first)")
-    if not inventory.ok:
-        problems = "; ".join(p for plist in inventory.problems.values() for p in plist)
-        raise CaseError(case_id, f"registration checks failed: {problems}")
-    return inventory
-
-
-def registration_failure(work: WorkLayout, split: str, case_id: str) -> str | None:
-    """The reason the latest registration of a case failed, if it did."""
-    path = error_path(work, split, case_id)
-    return json.loads(path.read_text())["error"] if path.exists() else None
-
-
-def _check_specs(asset_name: str) -> list[AssetCheckSpec]:
-    return [AssetCheckSpec(name, asset=asset_name, description=CHECK_DESCRIPTIONS[name], blocking=True)
+def _check_specs(asset_name: str, partitions) -> list[AssetCheckSpec]:
+    return [AssetCheckSpec(name, asset=asset_name, description=CHECK_DESCRIPTIONS[name], blocking=True,
+                           partitions_def=partitions)
             for name in CHECKS]
+
+
+def _case_files_spec(split: str, partitions) -> AssetSpec:
+    what = "training case (image, partial label, organ pseudo-label)" if split == TRAIN else "case to predict"
+    return AssetSpec(CASE_FILES[split], partitions_def=partitions, group_name="cases", kinds={"nifti"},
+                     description=f"The files of a {what} under the data root, as the discovery sensor last "
+                                 "saw them: an event per new or changed case. Read only; never written.")
+
+
+training_case_files = _case_files_spec(TRAIN, training_cases)
+inference_case_files = _case_files_spec(INFER, inference_cases)
 
 
 def _register(context: AssetExecutionContext, split: str, data_root: FlareDataRoot,
@@ -85,12 +66,11 @@ def _register(context: AssetExecutionContext, split: str, data_root: FlareDataRo
     except CaseError as error:
         # Keep the last good registration, but mark the case so global assets
         # exclude it with this reason instead of using stale hashes.
-        write_json({"case_id": case_id, "error": str(error)}, error_path(work, split, case_id))
+        registry.record_failure(work, split, case_id, str(error))
         raise Failure(description=str(error), metadata={"case_id": case_id}) from None
-    write_json(inventory.to_dict(), inventory_path(work, split, case_id))
-    preview = work.per_case("previews", case_id, ".png")
+    preview = work.per_case(PREVIEWS, f"{case_id}.{split}_case", ".png")
     write_bytes(inventory.preview_png, preview)
-    error_path(work, split, case_id).unlink(missing_ok=True)
+    registry.record_inventory(work, split, inventory)
     context.log.info("registered %s case %s (%s)", split, case_id, inventory.label_group)
     return MaterializeResult(
         metadata={**_registration_metadata(inventory, preview), "input_signature": signature},
@@ -136,10 +116,12 @@ def _content_version(inv: CaseInventory) -> str:
 
 @asset(
     partitions_def=training_cases,
+    deps=[training_case_files],
     group_name="cases",
-    check_specs=_check_specs("training_case"),
+    check_specs=_check_specs("training_case", training_cases),
     code_version="1",
     kinds={"nifti"},
+    automation_condition=conditions.registration(),
 )
 def training_case(context: AssetExecutionContext, data_root: FlareDataRoot,
                   work_root: FlareWorkRoot) -> MaterializeResult:
@@ -151,10 +133,12 @@ def training_case(context: AssetExecutionContext, data_root: FlareDataRoot,
 
 @asset(
     partitions_def=inference_cases,
+    deps=[inference_case_files],
     group_name="cases",
-    check_specs=_check_specs("inference_case"),
+    check_specs=_check_specs("inference_case", inference_cases),
     code_version="1",
     kinds={"nifti"},
+    automation_condition=conditions.registration(),
 )
 def inference_case(context: AssetExecutionContext, data_root: FlareDataRoot,
                    work_root: FlareWorkRoot) -> MaterializeResult:
@@ -162,13 +146,14 @@ def inference_case(context: AssetExecutionContext, data_root: FlareDataRoot,
     return _register(context, INFER, data_root, work_root)
 
 
-@asset(deps=[training_case], group_name="cases", code_version="1", kinds={"json"})
+@asset(deps=[training_case], group_name="cases", code_version="1", kinds={"json"},
+       automation_condition=conditions.follows_cases())
 def tumor_subset(context: AssetExecutionContext, work_root: FlareWorkRoot) -> MaterializeResult:
     """The tumor sub-dataset: every registered training case whose partial label
     annotates class 14, as a manifest of case ids and file hashes. Cases that
     failed registration or its checks are listed as excluded, with the reason."""
     work = work_root.layout
-    inventories, unavailable = collect_inventories(context, work, TRAIN)
+    inventories, unavailable = registered_cases(context, work, TRAIN)
     manifest = build_tumor_subset(inventories, unavailable)
     path = manifest.write(work.manifests / "tumor_subset.json")
     counts = manifest.details["group_counts"]
@@ -187,18 +172,8 @@ def tumor_subset(context: AssetExecutionContext, work_root: FlareWorkRoot) -> Ma
     )
 
 
-def collect_inventories(context: AssetExecutionContext, work: WorkLayout,
-                        split: str) -> tuple[list[CaseInventory], dict[str, str]]:
+def registered_cases(context: AssetExecutionContext, work: WorkLayout,
+                     split: str) -> tuple[list[CaseInventory], dict[str, str]]:
     """Inventories of every partition of a split, and why the others are missing."""
     partitions = training_cases if split == TRAIN else inference_cases
-    inventories, unavailable = [], {}
-    for case_id in sorted(context.instance.get_dynamic_partitions(partitions.name)):
-        failure = registration_failure(work, split, case_id)
-        inventory = load_inventory(work, split, case_id)
-        if failure:
-            unavailable[case_id] = failure
-        elif inventory is None:
-            unavailable[case_id] = f"case {case_id!r}: not registered yet"
-        else:
-            inventories.append(inventory)
-    return inventories, unavailable
+    return registry.collect_inventories(work, split, context.instance.get_dynamic_partitions(partitions.name))

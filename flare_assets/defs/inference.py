@@ -13,8 +13,9 @@ from flare_core.metrics import evaluate_case, summarize
 from flare_core.charts import evaluation_rows, score_chart_png
 from flare_core.preview import preview_png
 from flare_assets import metadata as md
-from flare_assets.assets.cases import require_inventory
-from flare_assets.assets.student import student_weights, trained_student
+from flare_core.registry import require_inventory
+from flare_assets import conditions, model_cache
+from flare_assets.defs.student import student_weights, trained_student
 from flare_assets.batching import run_batch
 from flare_assets.partitions import inference_cases
 from flare_assets.resources import FlareDataRoot, FlareWorkRoot, RunProfile
@@ -27,17 +28,16 @@ from flare_assets.resources import FlareDataRoot, FlareWorkRoot, RunProfile
     pool="gpu",
     backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=100),
     kinds={"nifti"},
+    automation_condition=conditions.per_case(),
 )
 def prediction(context: AssetExecutionContext, work_root: FlareWorkRoot,
                run_profile: RunProfile) -> MaterializeResult:
     """The student's label map (uint8 0..14, the image's exact geometry) from the
     configured inference mode; the model is loaded once per run."""
-    from flare_core.nnunet.efficient_predictor import StudentPredictor
-
     work = work_root.layout
     student = trained_student(work)
-    predictor = StudentPredictor.from_results(student["model_folder"], mode=run_profile.inference_mode,
-                                              device=run_profile.device)
+    predictor = model_cache.student(student["model_folder"], student["checkpoint_sha256"],
+                                    run_profile.inference_mode, run_profile.device)
 
     def predict(case_id: str) -> dict:
         inventory = require_inventory(work, "infer", case_id)
@@ -74,6 +74,7 @@ def prediction(context: AssetExecutionContext, work_root: FlareWorkRoot,
     group_name="inference",
     backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=100),
     kinds={"json"},
+    automation_condition=conditions.per_case(),
 )
 def evaluation(context: AssetExecutionContext, data_root: FlareDataRoot,
                work_root: FlareWorkRoot) -> MaterializeResult:
@@ -101,7 +102,7 @@ def evaluation(context: AssetExecutionContext, data_root: FlareDataRoot,
     return MaterializeResult(metadata=outcome.summary)
 
 
-@asset(deps=[evaluation], group_name="inference", kinds={"json"})
+@asset(deps=[evaluation], group_name="inference", kinds={"json"}, automation_condition=conditions.follows_cases())
 def evaluation_summary(context: AssetExecutionContext, work_root: FlareWorkRoot) -> MaterializeResult:
     """Mean DSC / NSD per class, organs, tumor and all classes over every
     evaluated case: the numbers a FLARE participant reports, with a plot."""

@@ -1,0 +1,20 @@
+"""The resources every asset uses, configured from FLARE_* environment variables."""
+from dagster import Definitions, definitions
+
+from flare_assets import settings
+from flare_assets.resources import FlareDataRoot, FlareWorkRoot, RunProfile
+
+
+def build_resources() -> dict:
+    """Resources configured from FLARE_* environment variables (see settings)."""
+    return {
+        "data_root": FlareDataRoot(path=str(settings.data_root())),
+        "work_root": FlareWorkRoot(path=str(settings.work_root())),
+        "run_profile": RunProfile(name=settings.profile(), device=settings.device(),
+                                  inference_mode=settings.inference_mode()),
+    }
+
+
+@definitions
+def defs() -> Definitions:
+    return Definitions(resources=build_resources())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from flare_core.layout import IMAGE_SUFFIX, DataLayout
 
 log = logging.getLogger(__name__)
 
-CASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+CASE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 TRAIN = "train"
 INFER = "infer"
 
@@ -28,9 +29,26 @@ def case_id_problem(case_id: str) -> str | None:
         return f"case id {case_id!r} contains a path separator"
     if ".." in case_id:
         return f"case id {case_id!r} contains '..'"
-    if not CASE_ID_PATTERN.match(case_id):
+    if not CASE_ID_PATTERN.fullmatch(case_id):  # match() with `$` lets a trailing newline through
         return (f"case id {case_id!r} has characters outside letters, digits, '_', '-', '.' "
                 "or does not start with a letter or digit (max 128 characters)")
+    return None
+
+
+def file_problem(path: Path, root: Path) -> str | None:
+    """Why a case file must not be read, or None. Only regular files inside the
+    data root are: a FIFO blocks a reader forever, a link to /dev/zero never
+    ends, and a link out of the data root reads what the user did not put there."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        return f"{path.name} cannot be read ({error.strerror})"
+    if not stat.S_ISREG(mode):
+        return f"{path.name} is not a regular file (a FIFO, a device or a folder)"
+    resolved = path.resolve()
+    if not resolved.is_relative_to(Path(root).resolve()):
+        return f"{path.name} links outside the data root (to {resolved})"
     return None
 
 
@@ -52,8 +70,12 @@ def discover_cases(layout: DataLayout, split: str) -> Discovery:
     seen: dict[str, str] = {}
     for path in sorted(folder.iterdir()):
         name = path.name
-        if name.startswith(".") or not path.is_file():
+        if name.startswith("."):
             continue  # temporary files of atomic writers, editor droppings
+        unreadable = file_problem(path, layout.root)
+        if unreadable:
+            found.rejected[name] = unreadable
+            continue
         if not name.endswith(IMAGE_SUFFIX):
             found.rejected[name] = f"{name}: not an image named <case>{IMAGE_SUFFIX}"
             continue

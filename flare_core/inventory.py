@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from flare_core import labels
-from flare_core.cases import TRAIN, case_files
+from flare_core.cases import TRAIN, case_files, file_problem
+from flare_core.integrity import verify_whole
 from flare_core.io import CaseError, Geometry, file_sha256, read_ct, read_volume, validate_label_values
 from flare_core.label_counts import present_classes
 from flare_core.layout import DataLayout
@@ -92,6 +93,10 @@ def inspect_case(layout: DataLayout, split: str, case_id: str, with_preview: boo
     files = case_files(layout, split, case_id)
     if "image" not in files:
         raise CaseError(case_id, "image file not found")
+    unreadable = file_problem(files["image"], layout.root)
+    if unreadable:
+        raise CaseError(case_id, f"image {unreadable}")
+    verify_whole(files["image"], case_id)  # SimpleITK alone reads a cut-short file, and NaN as 0
     image, geometry = read_ct(files["image"], case_id)
     inventory = CaseInventory(
         case_id=case_id,
@@ -103,17 +108,17 @@ def inspect_case(layout: DataLayout, split: str, case_id: str, with_preview: boo
     )
     overlay, overlay_name = None, "no label"
     if "label" in files:
-        overlay = _inspect_label(inventory, files["label"], geometry, "label")
+        overlay = _inspect_label(inventory, files["label"], geometry, "label", layout.root)
         inventory.label_path = str(files["label"])
-        inventory.label_sha256 = file_sha256(files["label"])
+        inventory.label_sha256 = _sha256_if_readable(files["label"], layout.root)
         if overlay is not None:
             inventory.annotated = present_classes(overlay)
             inventory.label_group = labels.label_group(inventory.annotated)
             overlay_name = "partial label"
     if split == TRAIN and "organ_pseudo_label" in files:
-        pseudo = _inspect_label(inventory, files["organ_pseudo_label"], geometry, "organ pseudo-label")
+        pseudo = _inspect_label(inventory, files["organ_pseudo_label"], geometry, "organ pseudo-label", layout.root)
         inventory.organ_pseudo_label_path = str(files["organ_pseudo_label"])
-        inventory.organ_pseudo_label_sha256 = file_sha256(files["organ_pseudo_label"])
+        inventory.organ_pseudo_label_sha256 = _sha256_if_readable(files["organ_pseudo_label"], layout.root)
         if overlay is None and pseudo is not None:
             overlay, overlay_name = pseudo, "organ pseudo-label"
     if with_preview:
@@ -124,10 +129,20 @@ def inspect_case(layout: DataLayout, split: str, case_id: str, with_preview: boo
     return inventory
 
 
-def _inspect_label(inventory: CaseInventory, path: Path, image_geometry: Geometry, role: str) -> np.ndarray | None:
+def _sha256_if_readable(path: Path, root: Path) -> str | None:
+    """The file's hash; None for a file that must not be read (its problem is a check result)."""
+    return file_sha256(path) if file_problem(path, root) is None else None
+
+
+def _inspect_label(inventory: CaseInventory, path: Path, image_geometry: Geometry, role: str,
+                   root: Path) -> np.ndarray | None:
     """Validate a label file, recording problems; return it when usable."""
     case_id = inventory.case_id
     try:
+        unreadable = file_problem(path, root)
+        if unreadable:
+            raise CaseError(case_id, unreadable)
+        verify_whole(path, case_id)
         array, geometry = read_volume(path, case_id)
     except CaseError as error:
         inventory.problems[CHECK_READABLE].append(f"case {case_id!r}: {role}: {error.problem}")

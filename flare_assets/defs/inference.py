@@ -37,7 +37,7 @@ def prediction(context: AssetExecutionContext, work_root: FlareWorkRoot,
     work = work_root.layout
     student = trained_student(work)
     predictor = model_cache.student(student["model_folder"], student["checkpoint_sha256"],
-                                    run_profile.inference_mode, run_profile.device)
+                                    run_profile.inference_mode, run_profile.device, str(work.root))
 
     def predict(case_id: str) -> dict:
         inventory = require_inventory(work, "infer", case_id)

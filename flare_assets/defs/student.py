@@ -25,6 +25,9 @@ def fused_label_manifest(context: AssetExecutionContext, work) -> Manifest:
         fused = work.per_case(ORGAN_FUSED_LABELS, inventory.case_id)
         if not inventory.ok:
             manifest.excluded[inventory.case_id] = "registration checks failed"
+        elif inventory.label_path is None and inventory.organ_pseudo_label_path is None:
+            # Its fused label would call every organ background: it would teach the student wrong.
+            manifest.excluded[inventory.case_id] = "neither a partial label nor an organ pseudo-label"
         elif not fused.exists():
             manifest.excluded[inventory.case_id] = "no organ-fused label yet"
         else:

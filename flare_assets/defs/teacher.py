@@ -104,6 +104,6 @@ class _LazyTeacher:
         if self.predictor is None:
             state = json.loads((self.work.manifests / f"{TEACHER_STATE}.json").read_text())
             self.predictor = model_cache.teacher(state["model_folder"], state["checkpoint_sha256"],
-                                                 self.run_profile.device)
+                                                 self.run_profile.device, str(self.work.root))
             self.load_seconds = self.predictor.load_seconds
         return self.predictor

@@ -86,6 +86,30 @@ class LoadedModel:
         return predictor
 
 
+class UntrustedCheckpoint(RuntimeError):
+    """A checkpoint this platform did not write, or one changed since it did."""
+
+
+def verify_checkpoint(results_folder: Path, expected_sha256: str, trusted_root: Path, fold: str | int = "all",
+                      checkpoint_name: str = CHECKPOINT) -> Path:
+    """The checkpoint's path, once it is proven to be the one training recorded.
+
+    Unpickling a .pth file runs code, and the folder comes from a manifest on
+    disk: the checkpoint must lie under `trusted_root` (the work root) and
+    hash to `expected_sha256`, else `UntrustedCheckpoint` is raised before
+    anything is unpickled."""
+    checkpoint = (Path(results_folder) / f"fold_{fold}" / checkpoint_name).resolve()
+    if not checkpoint.is_relative_to(Path(trusted_root).resolve()):
+        raise UntrustedCheckpoint(f"{checkpoint} lies outside the work root {trusted_root}; not loaded")
+    if not checkpoint.is_file():
+        raise UntrustedCheckpoint(f"{checkpoint} is missing")
+    actual = file_sha256(checkpoint)
+    if actual != expected_sha256:
+        raise UntrustedCheckpoint(f"{checkpoint} has sha256 {actual[:12]}..., training recorded "
+                                  f"{expected_sha256[:12]}...: changed since it was trained; not loaded")
+    return checkpoint
+
+
 def load_model(results_folder: Path, fold: str | int = "all", checkpoint_name: str = CHECKPOINT) -> LoadedModel:
     """Read plans, dataset.json and one fold's checkpoint; build the network on CPU.
 

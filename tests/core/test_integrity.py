@@ -1,0 +1,123 @@
+"""Corrupt, special and hostile inputs are refused before anything reads them as data:
+what SimpleITK alone accepts (a cut gzip, a flipped bit, a wrong CRC, NaN voxels)
+and what would hang or mislead a reader (a FIFO, /dev/zero, links out of the root)."""
+import gzip
+import os
+import shutil
+import threading
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from flare_core.cases import case_id_problem, discover_cases
+from flare_core.integrity import verify_whole
+from flare_core.inventory import CHECK_READABLE, inspect_case
+from flare_core.io import CaseError
+from flare_core.layout import DataLayout
+from flare_core.nnunet.model_loading import UntrustedCheckpoint, verify_checkpoint
+
+
+def _nifti(path, array):
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    return path
+
+
+@pytest.fixture
+def good(tmp_path):
+    rng = np.random.default_rng(0)
+    return _nifti(tmp_path / "good.nii.gz", rng.integers(-1000, 1000, (8, 16, 16)).astype(np.int16))
+
+
+def test_a_whole_file_passes(good):
+    verify_whole(good, "case")
+
+
+def test_a_gzip_cut_in_half_is_refused_though_simpleitk_may_read_it(good, tmp_path):
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    with pytest.raises(CaseError, match="case 'case'.*cut.nii.gz is truncated"):
+        verify_whole(cut, "case")
+
+
+def test_a_flipped_bit_in_the_stream_or_the_crc_is_refused(good, tmp_path):
+    data = bytearray(good.read_bytes())
+    for name, position in (("deflate", len(data) // 2), ("crc", len(data) - 6)):
+        bad = bytearray(data)
+        bad[position] ^= 0x10
+        path = tmp_path / f"{name}.nii.gz"
+        path.write_bytes(bytes(bad))
+        with pytest.raises(CaseError, match=f"{name}.nii.gz is (corrupt|truncated)"):
+            verify_whole(path, "case")
+
+
+def test_nan_and_inf_voxels_are_found_where_simpleitk_reads_zeros(tmp_path):
+    array = np.zeros((4, 8, 8), np.float32)
+    array[1, 2, 3], array[2, 3, 4] = np.nan, np.inf
+    path = _nifti(tmp_path / "nan.nii.gz", array)
+    assert np.isfinite(sitk.GetArrayFromImage(sitk.ReadImage(str(path)))).all(), "SimpleITK hides them"
+    with pytest.raises(CaseError, match="2 non-finite voxels"):
+        verify_whole(path, "case")
+
+
+def test_an_uncompressed_file_cut_short_is_refused(good, tmp_path):
+    raw = tmp_path / "raw.nii"
+    raw.write_bytes(gzip.decompress(good.read_bytes())[:-100])
+    with pytest.raises(CaseError, match="raw.nii is truncated"):
+        verify_whole(raw, "case")
+
+
+def test_case_ids_with_a_trailing_newline_are_unsafe():
+    assert case_id_problem("FLARE23_0001\n") is not None
+    assert case_id_problem("FLARE23_0001") is None
+
+
+def _one_case_root(tmp_path, good):
+    layout = DataLayout(tmp_path / "data")
+    for name in ("train_images", "train_labels"):
+        layout.folder(name).mkdir(parents=True)
+    shutil.copy(good, layout.train_image("case1"))
+    return layout
+
+
+def test_a_fifo_as_label_is_a_check_problem_not_a_hang(tmp_path, good):
+    layout = _one_case_root(tmp_path, good)
+    os.mkfifo(layout.train_label("case1"))
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(inventory=inspect_case(layout, "train", "case1")),
+                              daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "registration blocked on a FIFO"
+    problems = result["inventory"].problems[CHECK_READABLE]
+    assert problems and "not a regular file" in problems[0] and "case1" in problems[0]
+
+
+def test_special_files_and_links_out_of_the_root_are_rejected_by_discovery(tmp_path, good):
+    layout = _one_case_root(tmp_path, good)
+    outside = shutil.copy(good, tmp_path / "elsewhere.nii.gz")
+    os.symlink(outside, layout.train_image("linked"))
+    os.symlink("/dev/zero", layout.train_image("zero"))
+    found = discover_cases(layout, "train")
+    assert found.case_ids == ["case1"]
+    assert "outside the data root" in found.rejected["linked_0000.nii.gz"]
+    assert "not a regular file" in found.rejected["zero_0000.nii.gz"]
+
+
+def test_a_checkpoint_is_unpickled_only_when_it_is_the_one_training_recorded(tmp_path):
+    work = tmp_path / "work"
+    fold = work / "results" / "fold_all"
+    fold.mkdir(parents=True)
+    checkpoint = fold / "checkpoint_final.pth"
+    checkpoint.write_bytes(b"weights")
+    import hashlib
+
+    sha = hashlib.sha256(b"weights").hexdigest()
+    assert verify_checkpoint(work / "results", sha, work) == checkpoint.resolve()
+    checkpoint.write_bytes(b"planted payload")
+    with pytest.raises(UntrustedCheckpoint, match="changed since it was trained"):
+        verify_checkpoint(work / "results", sha, work)
+    foreign = tmp_path / "foreign"
+    shutil.copytree(work / "results", foreign)
+    with pytest.raises(UntrustedCheckpoint, match="outside the work root"):
+        verify_checkpoint(foreign, sha, work)

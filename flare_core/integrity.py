@@ -11,6 +11,8 @@ data block shorter than the header promises.
 from __future__ import annotations
 
 import gzip
+import hashlib
+import io
 import zlib
 from pathlib import Path
 
@@ -19,15 +21,17 @@ import numpy as np
 
 from flare_core.io import CaseError
 
-# Read in slices: a large scan's data never needs a second full-size copy.
+# Decompressed in slices, joined once.
 CHUNK = 1 << 22
 
 
-def verify_whole(path: Path, case_id: str) -> None:
-    """Raise `CaseError` naming the case and the file unless the file is a
-    complete NIfTI volume whose voxels are all finite."""
+def verify_whole(path: Path, case_id: str) -> str:
+    """The file's sha256, once it is proven a complete NIfTI volume whose
+    voxels are all finite; else `CaseError` naming the case and the file.
+    (The hash comes from the same read, so registration reads the file once.)"""
     path = Path(path)
-    raw = _content(path, case_id)
+    stored = path.read_bytes()
+    raw = _content(path, stored, case_id)
     try:
         image = nibabel.Nifti1Image.from_bytes(raw)
     except Exception as error:  # noqa: BLE001 - nibabel raises several kinds for a bad header
@@ -40,16 +44,15 @@ def verify_whole(path: Path, case_id: str) -> None:
         bad = int(np.count_nonzero(~np.isfinite(voxels)))
         if bad:
             raise CaseError(case_id, f"{path.name} has {bad} non-finite voxels (NaN or inf)")
+    return hashlib.sha256(stored).hexdigest()
 
 
-def _content(path: Path, case_id: str) -> bytes:
+def _content(path: Path, stored: bytes, case_id: str) -> bytes:
     """The file's bytes, decompressed and verified when it is gzip."""
-    with open(path, "rb") as handle:
-        compressed = handle.read(2) == b"\x1f\x8b"
-    if not compressed:
-        return path.read_bytes()
+    if stored[:2] != b"\x1f\x8b":
+        return stored
     try:
-        with gzip.open(path, "rb") as stream:
+        with gzip.GzipFile(fileobj=io.BytesIO(stored), mode="rb") as stream:
             return b"".join(iter(lambda: stream.read(CHUNK), b""))
     except EOFError:
         raise CaseError(case_id, f"{path.name} is truncated: its gzip stream ends early") from None

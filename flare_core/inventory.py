@@ -96,13 +96,13 @@ def inspect_case(layout: DataLayout, split: str, case_id: str, with_preview: boo
     unreadable = file_problem(files["image"], layout.root)
     if unreadable:
         raise CaseError(case_id, f"image {unreadable}")
-    verify_whole(files["image"], case_id)  # SimpleITK alone reads a cut-short file, and NaN as 0
+    image_sha256 = verify_whole(files["image"], case_id)  # SimpleITK alone reads a cut file, and NaN as 0
     image, geometry = read_ct(files["image"], case_id)
     inventory = CaseInventory(
         case_id=case_id,
         split=split,
         image_path=str(files["image"]),
-        image_sha256=file_sha256(files["image"]),
+        image_sha256=image_sha256,
         geometry=geometry.to_dict(),
         intensity=intensity_statistics(image),
     )

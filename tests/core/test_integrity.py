@@ -29,8 +29,10 @@ def good(tmp_path):
     return _nifti(tmp_path / "good.nii.gz", rng.integers(-1000, 1000, (8, 16, 16)).astype(np.int16))
 
 
-def test_a_whole_file_passes(good):
-    verify_whole(good, "case")
+def test_a_whole_file_passes_and_its_hash_comes_from_the_same_read(good):
+    from flare_core.io import file_sha256
+
+    assert verify_whole(good, "case") == file_sha256(good)
 
 
 def test_a_gzip_cut_in_half_is_refused_though_simpleitk_may_read_it(good, tmp_path):

@@ -1,7 +1,8 @@
 """Discovering cases for Dagster: new partitions and events of the case files.
 
 Discovery is all a sensor does: it adds a partition for each new, safely
-named case with a readable header, and reports an event of the case's files
+named case with a readable header and complete files (a file still being
+copied waits for a later tick), and reports an event of the case's files
 asset (`training_case_files` / `inference_case_files`) for each new or
 changed case. Registration, and everything after it, is then due by the
 assets' automation conditions (`flare_assets.conditions`). The demo calls the
@@ -23,6 +24,7 @@ from dagster import AssetKey, AssetMaterialization, DagsterInstance, MetadataVal
 
 from flare_core import discovery, registry
 from flare_core.cases import INFER, TRAIN, case_files
+from flare_core.integrity import completeness_problem
 from flare_core.layout import DataLayout, WorkLayout
 from flare_assets.partitions import inference_cases, training_cases
 
@@ -86,8 +88,12 @@ def discover(instance: DagsterInstance, data: DataLayout, work: WorkLayout, spli
                           settle_seconds=settle_seconds, registered_roles=lambda c: _registered_roles(work, split, c))
     found = Discovered(problems=dict(scan.rejected), cursor=Cursor(scan.watermark, scan.folder_counts))
     for case_id in scan.new + scan.changed:
-        problem = header_problem(case_files(data, split, case_id)["image"])
-        if problem and case_id in scan.new:
+        files = case_files(data, split, case_id)
+        # A file still arriving is left alone (new or changed): its next write
+        # moves its time past the watermark and brings it back, whole.
+        incomplete = next(filter(None, map(completeness_problem, files.values())), None)
+        problem = incomplete or header_problem(files["image"])
+        if incomplete or (problem and case_id in scan.new):
             if discovery.case_changed_at(data, split, case_id) > cursor.watermark:  # once per change
                 found.problems[case_id] = f"case {case_id!r}: {problem}"
             continue

@@ -17,15 +17,20 @@ method's results: DSC / NSD per class of the student's predictions and of the
 training labels, and the tumor pseudo-labels' precision and recall. Library
 output (nnU-Net, Dagster, warnings) goes to <work root>/logs/demo-<time>.log,
 named at the end; a failed stage prints its name and the reason.
+
+The exit status is 0 only when every stage and case succeeded; 1 when any
+failed (the summary names them); 130 / 143 when stopped by SIGINT / SIGTERM,
+which end the current step and stop (what finished is kept).
 """
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
-from flare_assets import console, settings
+from flare_assets import console, interruption, settings
 
 log = logging.getLogger("flare.demo")
 
@@ -151,18 +156,22 @@ def main(argv: list[str] | None = None) -> int:
     bars = sys.stdout.isatty()
     with console.output_to_log(log_path) as streams:
         ui = console.Console(streams.out, streams.err, bars=bars)
-        try:
-            return run(args, ui, log_path)
-        except KeyboardInterrupt:
-            ui.abandon()
-            ui.error(f"interrupted{_during(ui)}; the next run resumes what is not done. log: {log_path}")
-            return 130
-        except Exception as error:  # noqa: BLE001 - the console gets the reason, the log the traceback
-            ui.abandon()
-            log.exception("the demo failed")
-            ui.error(f"the demo failed{_during(ui)}: {type(error).__name__}: {error}")
-            ui.error(f"traceback and library output: {log_path}")
-            return 1
+        with interruption.stopping_on_signals():
+            try:
+                return run(args, ui, log_path)
+            except KeyboardInterrupt as stop:
+                ui.abandon()
+                if not isinstance(stop, interruption.StopRequested):
+                    stop = interruption.StopRequested(interruption.stop_signal() or signal.SIGINT)
+                ui.error(f"stopped by {stop.reason}{_during(ui)}; what finished is kept, and the next run "
+                         f"resumes what is not done. log: {log_path}")
+                return stop.exit_code
+            except Exception as error:  # noqa: BLE001 - the console gets the reason, the log the traceback
+                ui.abandon()
+                log.exception("the demo failed")
+                ui.error(f"the demo failed{_during(ui)}: {type(error).__name__}: {error}")
+                ui.error(f"traceback and library output: {log_path}")
+                return 1
 
 
 def _during(ui: console.Console) -> str:

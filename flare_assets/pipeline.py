@@ -13,6 +13,12 @@ Each tick runs the requested assets in topological order, one run per case
 process, see `flare_assets.model_cache`). A case whose step failed, or failed
 a blocking check, is not passed on to the later steps of the same tick, as a
 blocking check stops the rest of a run under the daemon.
+
+Before anything runs, runs left behind by a killed process are marked failed
+and their pool slots freed (`flare_assets.run_recovery`), so their work runs
+again instead of waiting forever. Inside `interruption.stopping_on_signals()`
+a SIGINT / SIGTERM stops the loop after the interrupted run
+(`interruption.StopRequested`).
 """
 from __future__ import annotations
 
@@ -34,7 +40,7 @@ from dagster import (
 )
 
 from flare_core.cases import INFER, TRAIN
-from flare_assets import case_discovery, progress
+from flare_assets import case_discovery, interruption, progress, run_recovery
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +85,7 @@ def run_until_settled(instance: DagsterInstance, resources: dict, defs: Definiti
     Returns one report per step run."""
     defs = defs or code_location()
     reports: list[StageReport] = []
+    run_recovery.recover_dead_runs(instance)  # a killed earlier run must not hold the `gpu` pool forever
     # A first evaluation starts the automation's history (and requests what a
     # crash or failure left missing); events after it count as new.
     result = evaluate(defs, instance, selection, cursor=None)
@@ -164,6 +171,7 @@ def _run_step(instance: DagsterInstance, resources: dict, assets_def: AssetsDefi
             continue
         outcome = materialize([assets_def], instance=instance, resources=resources, partition_key=partition,
                               raise_on_error=False, tags={"flare/trigger": "automation"}, run_config=RUN_CONFIG)
+        interruption.raise_if_stop_requested()
         problem = None if outcome.success else failure_message(outcome)
         problem = problem or _failed_blocking_checks(outcome)
         label = partition or "all"

@@ -18,12 +18,17 @@ Changes to stock nnU-Net, each only when the settings ask for it:
 - no mirroring, in training and as test-time augmentation;
 - checkpoint_latest every `save_every` epochs (resume granularity) and the
   progress plot only every `plot_every` epochs;
+- checkpoints written atomically, read with `weights_only=True`, and the
+  random state saved beside the latest one and restored on resume, so that an
+  interrupted and resumed training equals an uninterrupted one (see
+  checkpoint_files.py);
 - `epoch_callback(epoch, train_loss, val_pseudo_dice, seconds)` after each
   epoch, for progress reporting by the caller.
 """
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -35,12 +40,15 @@ from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from flare_core.nnunet import checkpoint_files
 from flare_core.nnunet.class_balance import class_frequencies, class_weights
+from flare_core.nnunet.model_loading import read_checkpoint
 from flare_core.nnunet.settings import TRAINING_KEY, TrainingSettings
 
 log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, float, float, float], None]
+LATEST = "checkpoint_latest.pth"
 
 
 class PixelsAsPatchFraction:
@@ -144,13 +152,44 @@ class ConfiguredTrainer(nnUNetTrainer):
             self.epoch_callback(epoch, float(logger.get_value("train_losses", epoch)),
                                 float(logger.get_value("mean_fg_dice", epoch)), float(seconds))
 
+    def save_checkpoint(self, filename: str) -> None:
+        if self.local_rank != 0 or self.disable_checkpointing:
+            return super().save_checkpoint(filename)
+        target, epoch = Path(filename), self.current_epoch + 1
+        if target.name == LATEST:  # the one a resume starts from: its random state goes with it
+            checkpoint_files.save_random_state(target, epoch)
+        partial = target.with_name(f".{target.name}.writing")
+        super().save_checkpoint(str(partial))  # nnU-Net's own content, into a side file...
+        os.replace(partial, target)  # ...renamed into place: a kill leaves the old one whole
+        if target.name == LATEST:
+            checkpoint_files.keep_random_state_of(target, epoch)
+
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         # nnU-Net replaces the init arguments with those stored in the
         # checkpoint (the plans of the interrupted run, e.g. fewer epochs);
         # later checkpoints should describe this run.
         init_kwargs = self.my_init_kwargs
+        if not isinstance(filename_or_checkpoint, dict):
+            # nnU-Net unpickles with weights_only=False (and only accepts a path):
+            # the file is first proven to hold nothing but weights and plain values.
+            path = Path(filename_or_checkpoint)
+            epoch = int(read_checkpoint(path)["current_epoch"])
+            self._random_state_to_restore = checkpoint_files.read_random_state(path, epoch)
+            filename_or_checkpoint = str(path)
         super().load_checkpoint(filename_or_checkpoint)
         self.my_init_kwargs = init_kwargs
+
+    def on_train_start(self):
+        super().on_train_start()  # builds the data loaders, which draw a first batch
+        state = getattr(self, "_random_state_to_restore", None)
+        if state is not None:
+            checkpoint_files.restore_random_state(state)
+            self._random_state_to_restore = None
+            log.info("resumed with the random state saved at epoch %d", state["epoch"])
+
+    def on_train_end(self):
+        super().on_train_end()  # writes checkpoint_final and removes checkpoint_latest
+        checkpoint_files.keep_random_state_of(Path(self.output_folder) / LATEST, None)
 
     def _throttle_progress_plot(self, every: int) -> None:
         plot = self.logger.plot_progress_png

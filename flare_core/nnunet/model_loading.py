@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -40,13 +41,23 @@ SUPPORTED_NORMALIZATION = ("CTNormalization", "ZScoreNormalization")
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint this platform wrote, on CPU.
+    """A checkpoint, on CPU, unpickled with `weights_only=True`.
 
-    nnU-Net checkpoints hold numpy scalars, so `weights_only=False` is needed,
-    which can execute code from a hostile file: never point this at a
-    checkpoint from elsewhere.
-    """
-    return torch.load(path, map_location="cpu", weights_only=False)
+    Beyond tensors and plain containers, nnU-Net's checkpoints hold numpy
+    scalars (the EMA pseudo-Dice, logged values) and their dtypes; exactly
+    those are allowed, so a file that asks for anything else (a hostile
+    payload) fails to load instead of running."""
+    with torch.serialization.safe_globals(_CHECKPOINT_NUMPY_TYPES):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _numpy_scalar_reconstructor() -> Any:
+    core = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core
+    return core.multiarray.scalar
+
+
+_CHECKPOINT_NUMPY_TYPES = [_numpy_scalar_reconstructor(), np.dtype, np.dtypes.Float32DType,
+                           np.dtypes.Float64DType, np.dtypes.Int64DType]
 
 
 @dataclass

@@ -47,6 +47,7 @@ from flare_core.nnunet.dataset_export import read_export_digest
 from flare_core.nnunet.environment import (
     NnunetFolders, configure_threads, default_augmentation_workers, scoped_env, select_device, use_work_root,
 )
+from flare_core.nnunet.checkpoint_files import checkpoint_is_readable
 from flare_core.nnunet.model_loading import read_checkpoint
 from flare_core.nnunet.settings import TRAINING_KEY, StudentSettings, TeacherSettings, with_training
 from flare_core.nnunet.student_planner import STUDENT_PLANS, FlareStudentPlanner
@@ -265,15 +266,20 @@ def _choose_start(fold_dir: Path, identity: str, requested: int) -> Path | str |
     state = _read_json(fold_dir / RUN_STATE)
     latest, final = fold_dir / "checkpoint_latest.pth", fold_dir / "checkpoint_final.pth"
     if state.get("identity") != identity:
-        stale = [p for p in fold_dir.glob("checkpoint_*.pth")] if fold_dir.is_dir() else []
+        stale = [p for p in fold_dir.glob("checkpoint_*.pth*")] if fold_dir.is_dir() else []
         if stale:
             log.warning("plans or data changed since %s was trained; discarding %d old checkpoints", fold_dir,
                         len(stale))
             for path in stale:
                 path.unlink()
         return None
+    for partial in fold_dir.glob(".checkpoint_*.writing"):  # a kill while saving: the target is whole
+        partial.unlink()
     if latest.is_file():  # nnU-Net deletes it when a run finishes: this run was interrupted
-        return latest
+        if checkpoint_is_readable(latest, read_checkpoint):
+            return latest
+        log.warning("%s is damaged; not resuming from it", latest)  # written before saves were atomic
+        latest.unlink()
     if final.is_file():
         return "skip" if _checkpoint_epochs(final) >= requested else final
     return None

@@ -22,7 +22,8 @@ EXPECTED = {
 
 def test_definitions_load_with_discovery_and_automation_sensors_and_no_schedules():
     Definitions.validate_loadable(defs)
-    assert {s.name for s in defs.sensors} == {"training_case_sensor", "inference_case_sensor", "flare_automation"}
+    assert {s.name for s in defs.sensors} == {"training_case_sensor", "inference_case_sensor", "flare_automation",
+                                           "dead_run_sensor"}
     assert not defs.schedules, "the automation conditions are the only scheduler"
 
 

@@ -145,3 +145,64 @@ def test_cursor_stays_small_however_many_cases(data_root_copy, instance):
     result = _tick(training_case_sensor, instance, data_root_copy)
     assert len(instance.get_dynamic_partitions("training_cases")) == 310
     assert len(result.cursor) < 200, result.cursor
+
+
+def test_a_slow_copy_is_requested_once_when_it_has_settled(data_root_copy, instance, monkeypatch):
+    layout = DataLayout(data_root_copy)
+    cursor = _tick(training_case_sensor, instance, data_root_copy).cursor
+    monkeypatch.setenv("FLARE_SETTLE_SECONDS", "1")
+    data = layout.train_image("FLARE23_0001").read_bytes()
+    target = layout.train_image("FLARE23_0400")
+    seen = []
+    for chunk in range(4):  # `cp` over a slow share: the file grows between ticks
+        with open(target, "ab") as handle:
+            handle.write(data[chunk * len(data) // 4:(chunk + 1) * len(data) // 4])
+        result = _tick(training_case_sensor, instance, data_root_copy, cursor)
+        seen.append(_reported(result))
+        cursor = result.cursor
+        time.sleep(0.3)
+    time.sleep(1.1)
+    for _ in range(2):
+        result = _tick(training_case_sensor, instance, data_root_copy, cursor)
+        seen.append(_reported(result))
+        cursor = result.cursor
+    assert seen == [{}] * 4 + [{"FLARE23_0400": "new"}, {}], seen
+    assert "FLARE23_0400" in instance.get_dynamic_partitions("training_cases")
+
+
+def test_a_once_broken_file_is_added_when_it_is_fixed(data_root_copy, instance):
+    layout = DataLayout(data_root_copy)
+    broken = layout.train_image("FLARE23_0500")
+    broken.write_bytes(gzip.compress(b"not a nifti" * 40))
+    result = _tick(training_case_sensor, instance, data_root_copy)
+    assert "FLARE23_0500" not in instance.get_dynamic_partitions("training_cases")
+    time.sleep(0.01)
+    shutil.copy(layout.train_image("FLARE23_0001"), broken)  # the user replaces it with a good file
+    fixed = _tick(training_case_sensor, instance, data_root_copy, result.cursor)
+    assert _added(fixed) == ["FLARE23_0500"] and _reported(fixed) == {"FLARE23_0500": "new"}
+
+
+def test_a_hundred_arrivals_each_get_one_partition_and_one_event(data_root_copy, instance):
+    """Cases arrive in bursts, some first seen half-written: every reported
+    case has its partition, none is reported twice, no tick fails."""
+    layout = DataLayout(data_root_copy)
+    good = layout.train_image("FLARE23_0001").read_bytes()
+    cursor, reported = _tick(training_case_sensor, instance, data_root_copy).cursor, {}
+    for burst in range(5):
+        for i in range(burst * 20, burst * 20 + 20):
+            target = layout.train_image(f"ARRIVAL_{i:03d}")
+            target.write_bytes(good[: len(good) // 3] if i % 7 == 0 else good)  # every 7th still copying
+        for i in range(max(0, burst - 1) * 20, burst * 20):  # ...finished by the next burst
+            if i % 7 == 0:
+                layout.train_image(f"ARRIVAL_{i:03d}").write_bytes(good)
+        time.sleep(0.01)
+        result = _tick(training_case_sensor, instance, data_root_copy, cursor)
+        cursor = result.cursor
+        partitions = set(instance.get_dynamic_partitions("training_cases"))
+        for case_id in _reported(result):
+            assert case_id in partitions, f"{case_id} reported without its partition"
+            reported[case_id] = reported.get(case_id, 0) + 1
+    arrivals = {f"ARRIVAL_{i:03d}" for i in range(100)}
+    last_burst_half_written = {f"ARRIVAL_{i:03d}" for i in range(80, 100) if i % 7 == 0}
+    assert set(reported) == arrivals - last_burst_half_written
+    assert all(count == 1 for count in reported.values()), {k: v for k, v in reported.items() if v > 1}

@@ -123,3 +123,30 @@ def test_a_checkpoint_is_unpickled_only_when_it_is_the_one_training_recorded(tmp
     shutil.copytree(work / "results", foreign)
     with pytest.raises(UntrustedCheckpoint, match="outside the work root"):
         verify_checkpoint(foreign, sha, work)
+
+
+class _Payload:
+    """What a planted checkpoint carries: code that runs when it is unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_a_checkpoint_with_a_pickled_payload_is_refused_unrun(tmp_path):
+    import torch
+
+    from flare_core.nnunet.model_loading import read_checkpoint
+
+    marker = tmp_path / "payload_ran"
+    planted = tmp_path / "checkpoint_final.pth"
+    torch.save({"network_weights": {}, "current_epoch": 1, "extra": _Payload(marker)}, planted)
+    with pytest.raises(Exception, match="(?i)weights only"):
+        read_checkpoint(planted)
+    assert not marker.exists()
+    whole = tmp_path / "whole.pth"  # what nnU-Net writes: tensors, plain values and numpy scalars
+    torch.save({"network_weights": {"w": torch.ones(2)}, "_best_ema": np.float64(0.5),
+                "logging": {"mean_fg_dice": [np.float32(0.25)]}, "current_epoch": 3}, whole)
+    assert read_checkpoint(whole)["_best_ema"] == 0.5

@@ -5,12 +5,17 @@ daemon on the same instance and roots finds nothing to do."""
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from dagster import DagsterInstance
+import numpy as np
+import pytest
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+from flare_core.io import read_volume
 
 from tests.e2e.dagster_dev import dagster_dev, graphql
 
@@ -23,18 +28,34 @@ CHATTER = ("Epoch ", "train_loss", "Pseudo dice", "Context impl", "Will assume n
            "dagster - INFO", "BetaWarning", "Traceback")
 
 
-def run_demo(tmp_path: Path) -> subprocess.CompletedProcess:
+def _demo_command(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home"), "FLARE_PROFILE": "test",
            "FLARE_DEVICE": "cpu", "FLARE_DATA_ROOT": str(tmp_path / "data")}
     command = [sys.executable, "-m", "flare_assets.demo", "--work-root", str(tmp_path / "work"),
                "--train", "6", "--infer", "1"]
+    return command, env
+
+
+def _fresh_home(tmp_path: Path) -> None:
+    (tmp_path / "dagster_home").mkdir()
+    shutil.copy(REPO / "dagster_home" / "dagster.yaml", tmp_path / "dagster_home" / "dagster.yaml")
+
+
+def run_demo(tmp_path: Path) -> subprocess.CompletedProcess:
+    command, env = _demo_command(tmp_path)
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=840)
 
 
-def test_demo_prints_stages_and_results_and_keeps_the_rest_in_its_log(tmp_path):
-    (tmp_path / "dagster_home").mkdir()
-    shutil.copy(REPO / "dagster_home" / "dagster.yaml", tmp_path / "dagster_home" / "dagster.yaml")
-    first = run_demo(tmp_path)
+@pytest.fixture(scope="module")
+def demo_once(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One uninterrupted demo (the reference the interrupted one must equal)."""
+    tmp_path = tmp_path_factory.mktemp("demo")
+    _fresh_home(tmp_path)
+    return tmp_path, run_demo(tmp_path)
+
+
+def test_demo_prints_stages_and_results_and_keeps_the_rest_in_its_log(demo_once):
+    tmp_path, first = demo_once
     console = first.stdout + first.stderr
     assert first.returncode == 0, console
     lines = console.splitlines()
@@ -86,7 +107,8 @@ def _dagster_dev_finds_nothing_to_do(tmp_path: Path) -> None:
     env = {"FLARE_PROFILE": "test", "FLARE_DEVICE": "cpu", "FLARE_DATA_ROOT": str(tmp_path / "data"),
            "FLARE_WORK_ROOT": str(tmp_path / "work"), "FLARE_SENSORS": "on"}
     with dagster_dev(home, env, tmp_path / "dagster_dev.log") as port:
-        ticks = _wait_for_ticks(port, {"flare_automation", "training_case_sensor", "inference_case_sensor"},
+        ticks = _wait_for_ticks(port, {"flare_automation", "training_case_sensor", "inference_case_sensor",
+                                       "dead_run_sensor"},
                                 at_least=2, timeout=240)
     log = (tmp_path / "dagster_dev.log").read_text()[-3000:]
     assert all(len(t) >= 2 for t in ticks.values()), (ticks, log)
@@ -129,3 +151,59 @@ def test_an_unexpected_error_reaches_the_console_with_the_log_path(tmp_path, mon
     log_path = Path(re.search(r"traceback and library output: (\S+)", captured.err).group(1))
     log = log_path.read_text()
     assert "nnU-Net chatter" in log and "Traceback" in log
+
+
+def _start_demo(tmp_path: Path) -> subprocess.Popen:
+    command, env = _demo_command(tmp_path)
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def _when_exists(process: subprocess.Popen, pattern: str, root: Path, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not list(root.glob(pattern)):
+        assert process.poll() is None, f"the demo ended before {pattern} appeared: {process.stdout.read()}"
+        assert time.monotonic() < deadline, f"{pattern} never appeared"
+        time.sleep(0.05)
+
+
+def _label_maps(work: Path) -> dict[str, np.ndarray]:
+    maps = {}
+    for folder in ("tumor_pseudo_labels", "organ_fused_labels", "predictions"):
+        for path in sorted((work / folder).glob("*.nii.gz")):
+            maps[f"{folder}/{path.name}"] = read_volume(path, path.name)[0]
+    return maps
+
+
+def test_a_demo_stopped_by_sigterm_or_killed_resumes_to_the_uninterrupted_results(demo_once, tmp_path):
+    """SIGTERM while pseudo-labels are written: the demo stops after that step
+    and says so (exit 143). kill -9 while the student trains: its run still
+    holds the `gpu` slot. The next demo frees it, finishes, and every label map
+    equals the uninterrupted demo's (same data, same seed)."""
+    _fresh_home(tmp_path)
+    work = tmp_path / "work"
+    demo = _start_demo(tmp_path)
+    _when_exists(demo, "tumor_pseudo_labels/*.nii.gz", work)
+    demo.send_signal(signal.SIGTERM)
+    console = demo.communicate(timeout=120)[0]
+    assert demo.returncode == 143, console
+    assert "stopped by SIGTERM during tumor_pseudo_label" in console, console
+    assert not re.search(r"^\[ *\d+\] student_plans", console, re.M), "the demo carried on after SIGTERM"
+    with DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
+        assert not instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED])), "a run was left running"
+
+    demo = _start_demo(tmp_path)
+    _when_exists(demo, "nnUNet_results/Dataset502_*/*/fold_all/*.pth", work)
+    demo.send_signal(signal.SIGKILL)
+    demo.wait(timeout=60)
+    with DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
+        assert instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED])), "kill -9 left no dead run"
+
+    finished = run_demo(tmp_path)
+    console = finished.stdout + finished.stderr
+    assert finished.returncode == 0, console
+    assert re.search(r"^organs mean( +\d\.\d\d/\d\.\d\d){4}$", console, re.M), console
+    reference, resumed = _label_maps(demo_once[0] / "work"), _label_maps(work)
+    assert resumed.keys() == reference.keys() and any(k.startswith("predictions/") for k in reference)
+    different = [name for name in reference if not np.array_equal(reference[name], resumed[name])]
+    assert not different, different

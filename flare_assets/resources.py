@@ -50,6 +50,9 @@ class RunProfile(ConfigurableResource):
     device: str = "auto"
     # Student inference: "fastest" (FLARE22 window skipping), "fast" or "stock".
     inference_mode: str = "fastest"
+    # How fast/fastest run the network: "torch", "onnx" (an ONNX export beside
+    # the checkpoint, run by onnxruntime on the CPU) or "auto" (onnx on CPU).
+    inference_backend: str = "torch"
     # Seeds Python, NumPy and torch before training: the same data gives the
     # same sampling and initial weights (augmentation workers add their own noise).
     seed: int = 0

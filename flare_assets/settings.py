@@ -37,6 +37,11 @@ def inference_mode() -> str:
     return os.environ.get("FLARE_INFERENCE_MODE", "fastest")
 
 
+def inference_backend() -> str:
+    """How `fast` / `fastest` run the student: torch, onnx (onnxruntime, CPU) or auto."""
+    return os.environ.get("FLARE_INFERENCE_BACKEND", "torch")
+
+
 def sensors_start_running() -> bool:
     return os.environ.get("FLARE_SENSORS", "on").lower() not in {"off", "0", "false", "no"}
 

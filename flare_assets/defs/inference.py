@@ -37,7 +37,8 @@ def prediction(context: AssetExecutionContext, work_root: FlareWorkRoot,
     work = work_root.layout
     student = trained_student(work)
     predictor = model_cache.student(student["model_folder"], student["checkpoint_sha256"],
-                                    run_profile.inference_mode, run_profile.device, str(work.root))
+                                    run_profile.inference_mode, run_profile.device, str(work.root),
+                                    run_profile.inference_backend)
 
     def predict(case_id: str) -> dict:
         inventory = require_inventory(work, "infer", case_id)
@@ -54,6 +55,7 @@ def prediction(context: AssetExecutionContext, work_root: FlareWorkRoot,
         return {
             "path": MetadataValue.path(str(path)),
             "mode": result.mode,
+            "backend": result.backend,
             "seconds": round(seconds, 2),
             "peak_memory_mb": round((result.peak_memory_bytes or 0) / 2**20, 1),
             "windows_evaluated": result.windows_evaluated,
@@ -65,6 +67,7 @@ def prediction(context: AssetExecutionContext, work_root: FlareWorkRoot,
 
     outcome = run_batch(context, predict)
     return MaterializeResult(metadata={**outcome.summary, "mode": run_profile.inference_mode,
+                                       "backend": predictor.backend,
                                        "model_load_seconds": round(predictor.model.load_seconds, 2)})
 
 

@@ -11,7 +11,8 @@ def build_resources() -> dict:
         "data_root": FlareDataRoot(path=str(settings.data_root())),
         "work_root": FlareWorkRoot(path=str(settings.work_root())),
         "run_profile": RunProfile(name=settings.profile(), device=settings.device(),
-                                  inference_mode=settings.inference_mode()),
+                                  inference_mode=settings.inference_mode(),
+                                  inference_backend=settings.inference_backend()),
     }
 
 

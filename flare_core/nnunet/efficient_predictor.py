@@ -11,10 +11,16 @@
   (`flare_core.nnunet.fastest_rules`).
 
 The model is loaded once (`StudentPredictor.from_results`) and then predicts
-any number of cases. In every mode the image is first reoriented to the
-model's orientation (`LoadedStudent.orientation`, from the model folder's
-dataset.json; a model without one reads stored order) and the label map put
-back on the input's grid. Labels come back in SimpleITK's (z, y, x) order
+any number of cases. In `fast` and `fastest` the network runs either in torch
+(backend `torch`) or, on the CPU, through onnxruntime on an ONNX export kept
+beside the checkpoint (backend `onnx`, `flare_core.nnunet.onnx_export`);
+`auto` takes onnx on the CPU and torch on CUDA. `stock` is nnU-Net's own
+predictor and always runs torch.
+
+In every mode the image is first reoriented to the model's orientation
+(`LoadedStudent.orientation`, from the model folder's dataset.json; a model
+without one reads stored order) and the label map put back on the input's
+grid. Labels come back in SimpleITK's (z, y, x) order
 with the input image's exact geometry.
 """
 from __future__ import annotations
@@ -36,6 +42,8 @@ from flare_core.label_counts import foreground_counts
 from flare_core.nnunet.environment import configure_threads, select_device
 from flare_core.nnunet.fastest_rules import FastestRules, StepTrace, predict_with_rules
 from flare_core.nnunet.model_loading import CHECKPOINT, LoadedStudent, load_student
+from flare_core.nnunet.onnx_export import OnnxArtifact, ensure_onnx
+from flare_core.nnunet.onnx_runner import OnnxWindowRunner, onnx_available
 from flare_core.nnunet.sliding_window import WindowCounts, WindowRunner, predict_all_windows
 from flare_core.nnunet.torch_preprocessing import (
     normalize_ct,
@@ -49,6 +57,7 @@ from flare_core.orientation import ModelInput, restore_array
 log = logging.getLogger(__name__)
 
 MODES = ("stock", "fast", "fastest")
+BACKENDS = ("auto", "torch", "onnx")
 
 
 @dataclass
@@ -72,12 +81,14 @@ class PredictionResult:
     case_id: str | None = None
     output_path: Path | None = None
     step_trace: list[StepTrace] = field(default_factory=list)
+    backend: str = "torch"
 
     def summary(self) -> dict[str, Any]:
         """JSON-friendly description without the label array."""
         return {
             "case_id": self.case_id,
             "mode": self.mode,
+            "backend": self.backend,
             "seconds": round(self.seconds, 3),
             "windows_evaluated": self.windows_evaluated,
             "windows_skipped": self.windows_skipped,
@@ -121,7 +132,7 @@ class StudentPredictor:
     def __init__(self, model: LoadedStudent, mode: str = "fastest", *, device: str | torch.device = "auto",
                  num_threads: int | None = None, mirroring: bool = False, tile_step_size: float = 0.5,
                  rules: FastestRules | None = None, window_batch_size: int = 1, channels_last: bool = False,
-                 mirror_axes: tuple[int, ...] | None = None):
+                 mirror_axes: tuple[int, ...] | None = None, backend: str = "torch", fold: str | int = "all"):
         """`num_threads`: torch CPU threads (default: every CPU this process may
         use). `tile_step_size`: window step as a fraction of the patch (z steps
         for `fastest`). `mirroring` and `mirror_axes` apply to `stock` only:
@@ -131,7 +142,10 @@ class StudentPredictor:
         scaled to this model's patch (`FastestRules.scaled_to_patch`).
         `window_batch_size` windows go through the network at once;
         `channels_last` uses torch's channels-last-3d layout (neither changed
-        CPU speed measurably here, so both are off by default)."""
+        CPU speed measurably here, so both are off by default). `backend`:
+        one of `BACKENDS` (see the module docstring); the ONNX export is made
+        in `fold_<fold>` of the model's results folder when it is missing or
+        stale."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.model = model
@@ -147,16 +161,21 @@ class StudentPredictor:
         slab_patch = [model.plan.patch_size[axis] for axis in slab_order(model.plan.transpose_forward)]
         self.rules = rules or FastestRules.scaled_to_patch(slab_patch)
         self.window_batch_size = window_batch_size
+        self.backend = resolve_backend(backend, mode, self.device)
         self._stock: _CountingPredictor | None = None
-        self._runner: WindowRunner | None = None
+        self._runner: WindowRunner | OnnxWindowRunner | None = None
+        self.onnx_artifact: OnnxArtifact | None = None  # the export the onnx backend runs
         if mode == "stock":
             self._stock = self._make_stock_predictor()
-        else:
+        elif self.backend == "onnx":
+            self._runner = self._make_onnx_runner(fold, fallback=backend == "auto")
+        if mode != "stock" and self._runner is None:
+            self.backend = "torch"
             if self.device.type == "cuda":
                 torch.backends.cudnn.benchmark = True  # one patch size: autotuning pays off
             self._runner = WindowRunner(model.network, self.device, channels_last=channels_last)
-        log.info("student predictor: mode=%s device=%s threads=%d orientation=%s%s", mode, self.device,
-                 self.num_threads, model.orientation or "stored order",
+        log.info("student predictor: mode=%s backend=%s device=%s threads=%d orientation=%s%s", mode, self.backend,
+                 self.device, self.num_threads, model.orientation or "stored order",
                  f" rules={self.rules}" if mode == "fastest" else "")
 
     @classmethod
@@ -165,7 +184,24 @@ class StudentPredictor:
                      checkpoint_name: str = CHECKPOINT, **options) -> "StudentPredictor":
         """Load a nnU-Net v2 results folder once; `options` go to the constructor."""
         model = load_student(Path(results_folder), fold=fold, checkpoint_name=checkpoint_name)
-        return cls(model, mode, device=device, num_threads=num_threads, **options)
+        return cls(model, mode, device=device, num_threads=num_threads, fold=fold, **options)
+
+    def _make_onnx_runner(self, fold: str | int, fallback: bool) -> OnnxWindowRunner | None:
+        """The ONNX runner; with `fallback` (backend `auto`) None instead of an
+        error when the export cannot be made or loaded, and torch runs."""
+        try:
+            if self.model.results_folder is None:
+                raise ValueError("the onnx backend needs the model's results folder (load it with load_student)")
+            artifact = ensure_onnx(self.model, self.model.results_folder / f"fold_{fold}")
+            runner = OnnxWindowRunner(artifact, self.num_threads)
+        except Exception as error:  # noqa: BLE001 - auto must still predict, with torch
+            if not fallback:
+                raise
+            log.warning("ONNX backend unavailable (%s: %s): running the network in torch",
+                        type(error).__name__, error)
+            return None
+        self.onnx_artifact = artifact
+        return runner
 
     def _make_stock_predictor(self) -> _CountingPredictor:
         return self.model.nnunet_predictor(self.device, tile_step_size=self.tile_step_size, mirroring=self.mirroring,
@@ -210,7 +246,7 @@ class StudentPredictor:
             label=label, geometry=geometry, seconds=time.perf_counter() - started,
             windows_evaluated=counts.evaluated, windows_skipped=counts.skipped,
             class_voxel_counts=foreground_counts(label, self.model.plan.num_classes),
-            mode=self.mode, peak_memory_bytes=self._peak_memory(), step_trace=trace,
+            mode=self.mode, peak_memory_bytes=self._peak_memory(), step_trace=trace, backend=self.backend,
         )
 
     def _peak_memory(self) -> int:
@@ -276,6 +312,22 @@ class StudentPredictor:
             labels, counts, trace = predict_with_rules(volume, run, patch, plan.num_classes, self.rules,
                                                        self.tile_step_size, self.window_batch_size)
         return labels.permute(inverse), counts, trace
+
+
+def resolve_backend(backend: str, mode: str, device: torch.device) -> str:
+    """`torch` or `onnx` for a requested backend (`BACKENDS`), mode and device.
+
+    `stock` is nnU-Net's predictor and runs torch whatever `auto` says; the
+    ONNX session runs on the CPU only (CPUExecutionProvider)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "onnx" and mode == "stock":
+        raise ValueError("the onnx backend runs the fast and fastest modes; stock is nnU-Net's own torch predictor")
+    if backend == "onnx" and device.type != "cpu":
+        raise ValueError(f"the onnx backend runs on the CPU only, not on {device}")
+    if backend == "auto":
+        return "onnx" if mode != "stock" and device.type == "cpu" and onnx_available() else "torch"
+    return backend
 
 
 def slab_order(transpose_forward: Sequence[int]) -> tuple[int, int, int]:

@@ -26,7 +26,8 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from functools import partial
+from typing import Callable, Iterator, Sequence
 
 from dagster import (
     AssetKey,
@@ -36,6 +37,7 @@ from dagster import (
     DagsterInstance,
     Definitions,
     evaluate_automation_conditions,
+    execute_job,
     materialize,
 )
 
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 # Step events at INFO and above: the DEBUG stream drowns the demo's summary.
 RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 MAX_TICKS = 40
+RUN_TAGS = {"flare/trigger": "automation"}
 
 
 @dataclass
@@ -79,23 +82,30 @@ def discover_cases(instance: DagsterInstance, resources: dict) -> dict[str, case
 
 
 def run_until_settled(instance: DagsterInstance, resources: dict, defs: Definitions | None = None,
-                      selection: AssetSelection | None = None, max_ticks: int = MAX_TICKS) -> list[StageReport]:
+                      selection: AssetSelection | None = None, max_ticks: int = MAX_TICKS,
+                      through_jobs: bool = False) -> list[StageReport]:
     """Discover cases, then evaluate the automation conditions (of `selection`,
     default all) and materialize what they request until nothing is.
-    Returns one report per step run."""
+    Returns one report per step run.
+
+    By default each step runs in this process with `resources`. With
+    `through_jobs` it runs as its step job of the code location
+    (`flare_assets.defs.jobs`), with the code location's FLARE_* resources and
+    its executor (FLARE_EXECUTOR): with `celery`, on the workers."""
     defs = defs or code_location()
     reports: list[StageReport] = []
+    launch = _launch_job if through_jobs else in_process(resources)
     run_recovery.recover_dead_runs(instance)  # a killed earlier run must not hold the `gpu` pool forever
     # A first evaluation starts the automation's history (and requests what a
     # crash or failure left missing); events after it count as new.
     result = evaluate(defs, instance, selection, cursor=None)
-    reports += run_requested(instance, resources, defs, result, len(reports))
+    reports += run_requested(instance, launch, defs, result, len(reports))
     discover_cases(instance, resources)
     for _ in range(max_ticks):
         result = evaluate(defs, instance, selection, cursor=result.cursor)
         if result.total_requested == 0:
             return reports
-        reports += run_requested(instance, resources, defs, result, len(reports))
+        reports += run_requested(instance, launch, defs, result, len(reports))
     log.warning("automation still requesting work after %d evaluations; stopping", max_ticks)
     return reports
 
@@ -128,7 +138,7 @@ def _partition_lists_read_once(instance: DagsterInstance) -> Iterator[None]:
         del instance.get_dynamic_partitions  # the class's method again
 
 
-def run_requested(instance: DagsterInstance, resources: dict, defs: Definitions, result,
+def run_requested(instance: DagsterInstance, launch: Callable, defs: Definitions, result,
                   steps_before: int = 0) -> list[StageReport]:
     """Materialize one evaluation's requests, step by step in topological order."""
     graph = defs.resolve_asset_graph()
@@ -140,7 +150,7 @@ def run_requested(instance: DagsterInstance, resources: dict, defs: Definitions,
         keys = [k for k in assets_def.keys if k in requested]
         partitions = sorted(set().union(*(requested[k] for k in keys)), key=lambda p: p or "")
         index = steps_before + len(reports) + 1
-        reports.append(_run_step(instance, resources, assets_def, partitions, blocked, index))
+        reports.append(_run_step(instance, launch, assets_def, partitions, blocked, index))
     return reports
 
 
@@ -158,7 +168,29 @@ def _steps(defs: Definitions, requested: dict[AssetKey, set]) -> list[AssetsDefi
     return steps
 
 
-def _run_step(instance: DagsterInstance, resources: dict, assets_def: AssetsDefinition,
+def in_process(resources: dict) -> Callable:
+    """The launcher that runs a step in this process with `resources`."""
+    return partial(_materialize, resources=resources)
+
+
+def _materialize(instance: DagsterInstance, assets_def: AssetsDefinition, partition: str | None, *,
+                 resources: dict):
+    """One step for one partition, in this process, with the caller's resources."""
+    return materialize([assets_def], instance=instance, resources=resources, partition_key=partition,
+                       raise_on_error=False, tags=RUN_TAGS, run_config=RUN_CONFIG)
+
+
+def _launch_job(instance: DagsterInstance, assets_def: AssetsDefinition, partition: str | None):
+    """One step for one partition as the code location's step job, on its executor."""
+    from flare_assets.stage_jobs import reconstructable_step_job
+
+    tags = {**RUN_TAGS, **({"dagster/partition": partition} if partition is not None else {})}
+    job = reconstructable_step_job(f"{assets_def.node_def.name}_job")
+    with execute_job(job, instance, run_config=RUN_CONFIG, tags=tags, raise_on_error=False) as result:
+        return result
+
+
+def _run_step(instance: DagsterInstance, launch: Callable, assets_def: AssetsDefinition,
               partitions: list[str | None], blocked: dict, index: int) -> StageReport:
     report = StageReport(name=assets_def.node_def.name)  # "fused_labels" for the two fused assets
     progress.stage_started(report.name, index, 0)
@@ -169,8 +201,7 @@ def _run_step(instance: DagsterInstance, resources: dict, assets_def: AssetsDefi
         if partition in blocked:
             report.skipped.append(partition)
             continue
-        outcome = materialize([assets_def], instance=instance, resources=resources, partition_key=partition,
-                              raise_on_error=False, tags={"flare/trigger": "automation"}, run_config=RUN_CONFIG)
+        outcome = launch(instance, assets_def, partition)
         interruption.raise_if_stop_requested()
         problem = None if outcome.success else failure_message(outcome)
         problem = problem or _failed_blocking_checks(outcome)

@@ -68,6 +68,11 @@ class WorkLayout:
         """One file per case under the artifact's own folder."""
         return Path(self.root) / artifact / f"{case_id}{suffix}"
 
+    def preview(self, kind: str, case_id: str) -> Path:
+        """A case's preview of one kind ("train_case", "organ_fused", "prediction", ...):
+        a folder per kind, the case id as the file name, so no id collides with another."""
+        return Path(self.root) / PREVIEWS / kind / f"{case_id}.png"
+
     def artifact_dir(self, artifact: str) -> Path:
         return Path(self.root) / artifact
 

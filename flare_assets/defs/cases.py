@@ -25,7 +25,7 @@ from flare_core.cases import INFER, TRAIN, case_signature
 from flare_core.grouping import build_tumor_subset
 from flare_core.inventory import CHECKS, CaseInventory, inspect_case
 from flare_core.io import CaseError, write_bytes
-from flare_core.layout import PREVIEWS, WorkLayout
+from flare_core.layout import WorkLayout
 from flare_assets import conditions, metadata as md
 from flare_assets.case_discovery import CASE_FILES
 from flare_assets.partitions import inference_cases, training_cases
@@ -68,7 +68,7 @@ def _register(context: AssetExecutionContext, split: str, data_root: FlareDataRo
         # exclude it with this reason instead of using stale hashes.
         registry.record_failure(work, split, case_id, str(error))
         raise Failure(description=str(error), metadata={"case_id": case_id}) from None
-    preview = work.per_case(PREVIEWS, f"{case_id}.{split}_case", ".png")
+    preview = work.preview(f"{split}_case", case_id)
     write_bytes(inventory.preview_png, preview)
     registry.record_inventory(work, split, inventory)
     context.log.info("registered %s case %s (%s)", split, case_id, inventory.label_group)

@@ -21,7 +21,7 @@ from dagster import (
 
 from flare_core import fused_case as fc
 from flare_core.io import Geometry, read_ct, write_bytes, write_volume
-from flare_core.layout import ORGAN_FUSED_LABELS, PARTIAL_FUSED_LABELS, PREVIEWS, TUMOR_PSEUDO_LABELS
+from flare_core.layout import ORGAN_FUSED_LABELS, PARTIAL_FUSED_LABELS, TUMOR_PSEUDO_LABELS
 from flare_core.preview import preview_png
 from flare_assets import metadata as md
 from flare_core.registry import require_inventory
@@ -109,7 +109,7 @@ def _write_outputs(work, case_id: str, geometry: Geometry, fused: fc.FusedCase, 
 def _label_metadata(case_id: str, work, name: str, key: AssetKey, label: np.ndarray, image: np.ndarray,
                     geometry: Geometry, path: Path, fused: fc.FusedCase) -> dict:
     png = preview_png(image, label, geometry, f"{case_id} · {key.to_user_string()}")
-    write_bytes(png, work.per_case(PREVIEWS, f"{case_id}.{name}", ".png"))
+    write_bytes(png, work.preview(name, case_id))
     account = fused.accounts[name]
     return {
         "path": MetadataValue.path(str(path)),

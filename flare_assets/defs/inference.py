@@ -8,7 +8,7 @@ from dagster import AssetExecutionContext, BackfillPolicy, MaterializeResult, Me
 
 from flare_core import labels
 from flare_core.io import Geometry, read_ct, read_label, write_bytes, write_json, write_volume
-from flare_core.layout import EVALUATIONS, PREDICTIONS, PREVIEWS
+from flare_core.layout import EVALUATIONS, PREDICTIONS
 from flare_core.metrics import evaluate_case, summarize
 from flare_core.charts import evaluation_rows, score_chart_png
 from flare_core.preview import preview_png
@@ -19,13 +19,14 @@ from flare_assets.defs.student import student_weights, trained_student
 from flare_assets.batching import run_batch
 from flare_assets.partitions import inference_cases
 from flare_assets.resources import FlareDataRoot, FlareWorkRoot, RunProfile
+from flare_assets.executors import MODEL_STEP_TAGS
 
 
 @asset(
     partitions_def=inference_cases,
     deps=["inference_case", student_weights],
     group_name="inference",
-    pool="gpu",
+    pool="gpu", op_tags=MODEL_STEP_TAGS,
     backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=100),
     kinds={"nifti"},
     automation_condition=conditions.per_case(),
@@ -48,7 +49,7 @@ def prediction(context: AssetExecutionContext, work_root: FlareWorkRoot,
         path = write_volume(result.label, geometry, work.per_case(PREDICTIONS, case_id))
         seconds = time.perf_counter() - started
         png = preview_png(image, result.label, geometry, f"{case_id} · prediction ({result.mode})")
-        write_bytes(png, work.per_case(PREVIEWS, f"{case_id}.prediction", ".png"))
+        write_bytes(png, work.preview("prediction", case_id))
         voxel_ml = math.prod(result.geometry.spacing) / 1000.0
         counts = [{"class": labels.CLASS_NAMES[c], "voxels": n, "volume_ml": round(n * voxel_ml, 2)}
                   for c, n in sorted(result.class_voxel_counts.items()) if c in labels.FOREGROUND]

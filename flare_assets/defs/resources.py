@@ -1,7 +1,8 @@
-"""The resources every asset uses, configured from FLARE_* environment variables."""
+"""The resources every asset uses and the executor, configured from FLARE_* environment variables."""
 from dagster import Definitions, definitions
 
 from flare_assets import settings
+from flare_assets.executors import configured_executor
 from flare_assets.resources import FlareDataRoot, FlareWorkRoot, RunProfile
 
 
@@ -18,4 +19,4 @@ def build_resources() -> dict:
 
 @definitions
 def defs() -> Definitions:
-    return Definitions(resources=build_resources())
+    return Definitions(resources=build_resources(), executor=configured_executor())

@@ -12,6 +12,7 @@ from flare_assets import conditions, settings
 from flare_assets.defs.cases import registered_cases
 from flare_assets.model_steps import export_and_plan, export_cases, plans_metadata, require_cases, train_model
 from flare_assets.resources import FlareWorkRoot, RunProfile
+from flare_assets.executors import MODEL_STEP_TAGS
 
 STUDENT_STATE = "student_weights"
 
@@ -56,7 +57,7 @@ def student_plans(context: AssetExecutionContext, work_root: FlareWorkRoot,
                              data_version=DataVersion(f"{manifest.digest}-{run_profile.name}"))
 
 
-@asset(deps=[student_plans], group_name="student", pool="gpu", kinds={"nnunet", "pytorch"},
+@asset(deps=[student_plans], group_name="student", pool="gpu", op_tags=MODEL_STEP_TAGS, kinds={"nnunet", "pytorch"},
        automation_condition=conditions.trains())
 def student_weights(context: AssetExecutionContext, work_root: FlareWorkRoot,
                     run_profile: RunProfile) -> MaterializeResult:

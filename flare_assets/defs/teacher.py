@@ -22,6 +22,7 @@ from flare_assets.model_steps import export_and_plan, export_cases, plans_metada
 from flare_assets.batching import run_batch
 from flare_assets.partitions import training_cases
 from flare_assets.resources import FlareWorkRoot, RunProfile
+from flare_assets.executors import MODEL_STEP_TAGS
 
 TEACHER_STATE = "teacher_weights"
 
@@ -45,7 +46,7 @@ def teacher_plans(context: AssetExecutionContext, work_root: FlareWorkRoot,
                              data_version=DataVersion(f"{teacher_manifest.digest}-{run_profile.name}"))
 
 
-@asset(deps=[teacher_plans], group_name="teacher", pool="gpu", kinds={"nnunet", "pytorch"},
+@asset(deps=[teacher_plans], group_name="teacher", pool="gpu", op_tags=MODEL_STEP_TAGS, kinds={"nnunet", "pytorch"},
        automation_condition=conditions.trains())
 def teacher_weights(context: AssetExecutionContext, work_root: FlareWorkRoot,
                     run_profile: RunProfile) -> MaterializeResult:
@@ -61,7 +62,7 @@ def teacher_weights(context: AssetExecutionContext, work_root: FlareWorkRoot,
     partitions_def=training_cases,
     deps=["training_case", teacher_weights],
     group_name="teacher",
-    pool="gpu",
+    pool="gpu", op_tags=MODEL_STEP_TAGS,
     backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=100),
     kinds={"nifti"},
     automation_condition=conditions.per_case(),

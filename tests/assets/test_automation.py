@@ -42,7 +42,7 @@ class Automation:
 
     def run_last(self):
         """Materialize what the last tick requested (real assets)."""
-        return pipeline.run_requested(self.instance, self.resources, defs, self.last)
+        return pipeline.run_requested(self.instance, pipeline.in_process(self.resources), defs, self.last)
 
     def report(self, key: str, partitions=(None,), version: str | None = None) -> None:
         """A materialization as the asset makes it: a given data version (the

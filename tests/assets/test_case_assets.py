@@ -45,7 +45,7 @@ def test_registration_records_inventory_preview_and_passing_checks(tiny_data_roo
                                          "tumor_only", "partial_organs", "unlabelled", "empty_label"}
     assert len(meta["image_sha256"].value) == 64
     assert "data:image/png;base64," in meta["preview"].value
-    with Image.open(tmp_path / "work" / "previews" / f"{case_id}.train_case.png") as png:
+    with Image.open(tmp_path / "work" / "previews" / "train_case" / f"{case_id}.png") as png:
         assert png.format == "PNG" and png.width == WIDTH_PX  # three planes side by side
     inventory = json.loads((tmp_path / "work" / "cases" / "train" / f"{case_id}.json").read_text())
     _, geometry = read_volume(DataLayout(tiny_data_root).train_image(case_id), case_id)

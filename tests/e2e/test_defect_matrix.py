@@ -117,9 +117,10 @@ def test_nothing_refused_or_empty_is_in_a_training_set(defect_run):
 
 def test_names_that_once_collided_are_cases_of_their_own(defect_run):
     work, root = defect_run["work"], defect_run["root"]
-    previews = {p.name for p in (work.root / "previews").iterdir()}
+    previews = {p.relative_to(work.root / "previews").as_posix() for p in (work.root / "previews").rglob("*.png")}
     # A training and an inference case with one id keep apart, in previews too.
-    assert {"FLARE23_0002.train_case.png", "FLARE23_0002.infer_case.png"} <= previews
-    assert "FLARE23_0001.error.train_case.png" in previews and "FLARE23_0001.train_case.png" in previews
+    assert {"train_case/FLARE23_0002.png", "infer_case/FLARE23_0002.png"} <= previews
+    assert {"train_case/FLARE23_0001.error.png", "train_case/FLARE23_0001.png"} <= previews
+    assert "organ_fused/FLARE23_0002.partial_fused.png" in previews
     assert (work.root / "predictions" / "FLARE23_0002.nii.gz").is_file()
     assert DataLayout(root).train_image("FLARE23_0001").is_file()

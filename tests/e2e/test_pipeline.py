@@ -4,19 +4,13 @@ from dagster import AssetKey
 
 from flare_assets import pipeline
 from flare_assets.definitions import defs
+from tests.e2e.graph_checks import assert_every_asset_materialized
 
 
 def test_every_asset_is_materialized_for_every_case(pipeline_run):
     instance, _, reports, _ = pipeline_run
     assert all(not r.failed for r in reports.values()), {r.name: r.failed for r in reports.values() if r.failed}
-    graph = defs.resolve_asset_graph()
-    for key in graph.get_all_asset_keys():
-        node = graph.get(key)
-        if node.is_partitioned:
-            partitions = node.partitions_def.get_partition_keys(dynamic_partitions_store=instance)
-            assert instance.get_materialized_partitions(key) == set(partitions), key
-        elif node.is_executable:
-            assert pipeline.latest_metadata(instance, key), key
+    assert_every_asset_materialized(instance)
 
 
 def test_lineage_connects_the_method_end_to_end(pipeline_run):

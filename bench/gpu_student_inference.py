@@ -49,6 +49,8 @@ from bench_student_inference import (  # noqa: E402
 )
 
 log = logging.getLogger("gpu_student_inference")
+# The ONNX backend runs on the CPU only (CPUExecutionProvider): not a GPU mode.
+GPU_MODES = sorted(name for name, options in MODE_OPTIONS.items() if options.get("backend") != "onnx")
 
 FLARE22_STUDENT = {
     "spacing": [4.0, 1.2, 1.2],
@@ -158,11 +160,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cases", type=int, default=2)
     parser.add_argument("--size", default="full", choices=("tiny", "full"))
     parser.add_argument("--modes", nargs="+", default=["fast", "fastest", "stock_nomirror", "stock"],
-                        choices=sorted(MODE_OPTIONS))
+                        choices=GPU_MODES)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--faithful-untrained", action="store_true")
     parser.add_argument("--faithful-modes", nargs="+", default=["fast", "fastest", "stock_nomirror"],
-                        choices=sorted(MODE_OPTIONS))
+                        choices=GPU_MODES)
     parser.add_argument("--work", type=Path, help="where cases (and a trained student) go; default: a temp folder")
     parser.add_argument("--keep-predictions", action="store_true")
     parser.add_argument("--stock-cases", type=int, help="run the stock modes on only the first N cases (slow)")

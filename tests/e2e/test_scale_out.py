@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from dagster import AssetKey, DagsterEventType, DagsterInstance
+from dagster import DagsterEventType, DagsterInstance
 
 from tests.e2e.graph_checks import assert_every_asset_materialized
 from tests.e2e.services import celery_worker, postgres_server, redis_server
@@ -64,7 +64,7 @@ def _worker_pids(worker) -> set[int]:
 DRIVER = """
 import json
 from dagster import DagsterInstance
-from tests.e2e.graph_checks import assert_every_asset_materialized
+from flare_assets import pipeline
 from flare_assets.definitions import build_resources, defs
 assert defs.executor.name == "celery", defs.executor.name
 with DagsterInstance.get() as instance:

@@ -36,6 +36,7 @@ average before and after each scale is recorded next to them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import json
@@ -75,12 +76,12 @@ def write_instance_config(home: Path, storage: str, postgres_url: str | None) ->
     if storage == "sqlite":
         config = f"storage:\n  sqlite:\n    base_dir: {home / 'storage'}\n"
     elif storage == "postgres":
-        # TODO(postgres): untested; dagster-postgres is not installed here.
-        # Needs `pip install dagster-postgres` (pinned like dagster) and a
-        # dedicated, empty database: the benchmark adds thousands of
-        # partitions and events and does not clean them up.
+        # Needs the `.[postgres]` extra and a dedicated, empty database: the
+        # benchmark adds thousands of partitions and events and does not clean
+        # them up. Without --postgres-url a throw-away local server is started
+        # (PostgreSQL's binaries, as the scale-out test does); one scale per run then.
         if not postgres_url:
-            raise SystemExit("--storage postgres needs --postgres-url postgresql://user:pass@host:5432/db")
+            raise SystemExit("--storage postgres needs --postgres-url postgresql+psycopg2://user:pass@host:port/db")
         try:
             import dagster_postgres  # noqa: F401
         except ImportError:
@@ -392,6 +393,20 @@ def bench_scale(n_cases: int, n_new: int, repeat: int, args, payload: bytes) -> 
 # --------------------------------------------------------------- main
 
 
+@contextlib.contextmanager
+def _storage_for_one_scale(args: argparse.Namespace):
+    """A fresh throw-away Postgres server per scale, unless a URL was given."""
+    if args.storage != "postgres" or args.postgres_url_given:
+        yield
+        return
+    from tests.e2e.services import postgres_server
+
+    with postgres_server() as pg:
+        args.postgres_url = (f"postgresql+psycopg2://{pg['DAGSTER_PG_USER']}:x@{pg['DAGSTER_PG_HOST']}:"
+                             f"{pg['DAGSTER_PG_PORT']}/{pg['DAGSTER_PG_DB']}")
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, nargs="+", default=[4000, 10_000],
@@ -400,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="idle ticks / idle evaluations per scale")
     parser.add_argument("--storage", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--postgres-url", default=None,
-                        help="with --storage postgres (TODO: untested, needs dagster-postgres)")
+                        help="with --storage postgres: an empty database (default: start a throw-away local server)")
     parser.add_argument("--settle-seconds", type=float, default=1.0,
                         help="FLARE_SETTLE_SECONDS for the sensor (the platform's default is 10)")
     parser.add_argument("--scratch", default=None, help="folder for the temporary data roots and instances")
@@ -411,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folders")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "automation.json")
     args = parser.parse_args(argv)
+    args.postgres_url_given = args.postgres_url is not None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # Dagster's evaluator logs one line per asset and evaluation (with every
     # requested partition key); only its warnings matter here.
@@ -441,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     payload = tiny_nifti()
     started = time.perf_counter()
     for n_cases in args.cases:
-        results["scales"].append(bench_scale(n_cases, args.new, args.repeat, args, payload))
+        with _storage_for_one_scale(args):
+            results["scales"].append(bench_scale(n_cases, args.new, args.repeat, args, payload))
         log.info("[%d] %s", n_cases, json.dumps(results["scales"][-1]["best_seconds"]))
     results["machine"]["load_after"] = list(os.getloadavg())
     results["wall_seconds"] = round(time.perf_counter() - started, 1)

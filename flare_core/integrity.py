@@ -62,6 +62,10 @@ def _needed_bytes(path: Path, case_id: str) -> int:
     problem = size_problem(path, header)
     if problem:
         raise CaseError(case_id, problem)
+    return _bytes_needed_by(header)
+
+
+def _bytes_needed_by(header) -> int:
     voxels = int(np.prod(header.get_data_shape(), dtype=np.int64))
     # Writers may leave vox_offset 0: the data then follow the header and its extension flag.
     return max(int(header.get_data_offset()), int(header.sizeof_hdr) + 4) + voxels * header.get_data_dtype().itemsize
@@ -123,7 +127,7 @@ def completeness_problem(path: Path) -> str | None:
     problem = size_problem(path, header)
     if problem:
         return problem
-    needed = _needed_bytes(path, path.name)
+    needed = _bytes_needed_by(header)
     try:
         with open(path, "rb") as handle:
             compressed = handle.read(2) == b"\x1f\x8b"

@@ -37,7 +37,7 @@ def prediction(context: AssetExecutionContext, work_root: FlareWorkRoot,
     configured inference mode; the model is loaded once per run."""
     work = work_root.layout
     student = trained_student(work)
-    predictor = model_cache.student(student["model_folder"], student["checkpoint_sha256"],
+    predictor = model_cache.student(str(student.model_folder), student.checkpoint_sha256,
                                     run_profile.inference_mode, run_profile.device, str(work.root),
                                     run_profile.inference_backend)
 
@@ -63,7 +63,7 @@ def prediction(context: AssetExecutionContext, work_root: FlareWorkRoot,
             "windows_skipped": result.windows_skipped,
             "class_voxels": md.table(counts),
             "preview": md.image(png, f"{case_id} prediction"),
-            "model_sha256": student["checkpoint_sha256"],
+            "model_sha256": student.checkpoint_sha256,
         }
 
     outcome = run_batch(context, predict)

@@ -1,20 +1,17 @@
 """The student (step 4): a small 3D nnU-Net trained on the organ-fused labels
 of every usable training case."""
-import json
-
 from dagster import AssetExecutionContext, DataVersion, Failure, MaterializeResult, asset
 
 from flare_core.io import file_sha256
 from flare_core.layout import ORGAN_FUSED_LABELS
 from flare_core.manifest import Manifest
 from flare_core.nnunet.dataset_export import export_student_dataset
+from flare_core.nnunet.trained_student import STUDENT_STATE, NoTrainedStudent, TrainedStudent, read_trained_student
 from flare_assets import conditions, settings
 from flare_assets.defs.cases import registered_cases
 from flare_assets.model_steps import export_and_plan, export_cases, plans_metadata, require_cases, train_model
 from flare_assets.resources import FlareWorkRoot, RunProfile
 from flare_assets.executors import MODEL_STEP_TAGS
-
-STUDENT_STATE = "student_weights"
 
 
 def fused_label_manifest(context: AssetExecutionContext, work) -> Manifest:
@@ -69,9 +66,9 @@ def student_weights(context: AssetExecutionContext, work_root: FlareWorkRoot,
                        manifest.digest, STUDENT_STATE)
 
 
-def trained_student(work) -> dict:
-    """The current student's training summary (model folder, checkpoint hash, ...)."""
-    path = work.manifests / f"{STUDENT_STATE}.json"
-    if not path.exists():
-        raise Failure(description="no trained student yet: materialize student_weights first")
-    return json.loads(path.read_text())
+def trained_student(work) -> TrainedStudent:
+    """The current student's results folder and checkpoint hash (what `flare predict` reads too)."""
+    try:
+        return read_trained_student(work.root)
+    except NoTrainedStudent as error:
+        raise Failure(description=str(error)) from None

@@ -56,8 +56,9 @@ def instance(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def pipeline_run(tiny_data_root, tmp_path_factory):
-    """The whole pipeline built so far, run once on tiny data with the `test`
-    profile through the real Dagster machinery; many tests inspect its results.
+    """The whole pipeline, run once on tiny data with the `test` profile through
+    the real Dagster machinery: what the end-to-end tests (tests/e2e) inspect.
+    Asset tests build their own part of the graph (tests/assets/stages.py).
 
     Returns (instance, resources, reports by stage name, work root)."""
     from dagster import DagsterInstance

@@ -3,6 +3,7 @@ case whose pseudo-label is broken."""
 import shutil
 
 import numpy as np
+import pytest
 from dagster import AssetCheckKey, AssetKey, DagsterInstance, materialize
 
 from flare_core.io import Geometry, read_volume, write_volume
@@ -10,6 +11,20 @@ from flare_core.layout import DataLayout
 from flare_assets.defs.fusion import fused_labels
 from flare_assets.pipeline import latest_metadata
 from tests.conftest import make_resources, partition_range_tags
+from tests.assets.stages import planted_tumor_pseudo_labels, stage
+
+
+FUSION = ("partial_fused_label", "organ_fused_label")
+
+
+@pytest.fixture(scope="module")
+def fusion_stage(tiny_data_root, tmp_path_factory):
+    """Registered cases and planted tumor pseudo-labels, fused by automation, on their own instance."""
+    with stage(tiny_data_root, tmp_path_factory.mktemp("fusion")) as built:
+        built.settle("training_case")
+        planted_tumor_pseudo_labels(built, tiny_data_root)
+        built.settle(*FUSION, upstream=False)
+        yield built
 
 
 def check_status_by_case(instance, asset: str, check: str) -> dict[str, str]:
@@ -18,8 +33,8 @@ def check_status_by_case(instance, asset: str, check: str) -> dict[str, str]:
     return {i.partition_key: i.latest_execution_status.value for i in infos}
 
 
-def test_every_usable_case_has_both_fused_labels_with_passing_checks(pipeline_run, tiny_data_root):
-    instance, _, reports, work = pipeline_run
+def test_every_usable_case_has_both_fused_labels_with_passing_checks(fusion_stage, tiny_data_root):
+    instance, reports, work = fusion_stage.instance, fusion_stage.reports, fusion_stage.work
     report = reports["fused_labels"]
     assert not report.failed and len(report.done) == 10
     layout = DataLayout(tiny_data_root)
@@ -38,8 +53,8 @@ def test_every_usable_case_has_both_fused_labels_with_passing_checks(pipeline_ru
     assert {r.data["class_name"] for r in meta["sources"].records} >= {"liver", "tumor"}
 
 
-def test_fused_label_keeps_annotation_and_fills_only_unannotated_classes(pipeline_run, tiny_data_root):
-    _, _, _, work = pipeline_run
+def test_fused_label_keeps_annotation_and_fills_only_unannotated_classes(fusion_stage, tiny_data_root):
+    work = fusion_stage.work
     layout = DataLayout(tiny_data_root)
     for label_path in sorted(layout.folder("train_labels").glob("*.nii.gz")):
         case_id = label_path.name[: -len(".nii.gz")]
@@ -52,8 +67,8 @@ def test_fused_label_keeps_annotation_and_fills_only_unannotated_classes(pipelin
         assert not np.isin(fused[partial == 0], list(annotated - {14})).any()
 
 
-def test_a_broken_pseudo_label_fails_its_case_only(pipeline_run, tmp_path):
-    instance, resources, _, work = pipeline_run
+def test_a_broken_pseudo_label_fails_its_case_only(fusion_stage, tmp_path):
+    instance, resources, work = fusion_stage.instance, fusion_stage.resources, fusion_stage.work
     private_work = tmp_path / "work"
     shutil.copytree(work, private_work)
     victim = next(p for p in sorted((private_work / "tumor_pseudo_labels").glob("*.nii.gz")))

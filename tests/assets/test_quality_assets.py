@@ -2,16 +2,31 @@
 import json
 import shutil
 
+import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
 from flare_core import label_quality as lq
 from flare_assets.defs.quality import label_quality, label_quality_summary
 from flare_assets.pipeline import latest_metadata
 from tests.conftest import make_resources
+from tests.assets.stages import planted_tumor_pseudo_labels, stage
 
 
-def test_every_label_source_is_scored_against_ground_truth(pipeline_run):
-    instance, _, reports, work = pipeline_run
+SCORED = ("partial_fused_label", "organ_fused_label", "label_quality", "label_quality_summary")
+
+
+@pytest.fixture(scope="module")
+def quality_stage(tiny_data_root, tmp_path_factory):
+    """Registered cases, planted tumor pseudo-labels, fusion and quality by automation, on their own instance."""
+    with stage(tiny_data_root, tmp_path_factory.mktemp("quality")) as built:
+        built.settle("training_case")
+        planted_tumor_pseudo_labels(built, tiny_data_root)
+        built.settle(*SCORED, upstream=False)
+        yield built
+
+
+def test_every_label_source_is_scored_against_ground_truth(quality_stage):
+    instance, reports, work = quality_stage.instance, quality_stage.reports, quality_stage.work
     assert len(reports["label_quality"].done) == 10
     summary = json.loads((work / "manifests" / "label_quality_summary.json").read_text())
     assert len(summary["cases"]) == 10 and summary["skipped"] == []
@@ -35,8 +50,8 @@ def test_every_label_source_is_scored_against_ground_truth(pipeline_run):
     assert meta["cases_scored"] == 10 and "data:image/png;base64," in meta["plot"]
 
 
-def test_quality_is_skipped_cleanly_without_ground_truth(pipeline_run, tmp_path):
-    instance, resources, _, work = pipeline_run
+def test_quality_is_skipped_cleanly_without_ground_truth(quality_stage, tmp_path):
+    instance, resources, work = quality_stage.instance, quality_stage.resources, quality_stage.work
     data = tmp_path / "data"
     shutil.copytree(resources["data_root"].path, data)
     shutil.rmtree(data / "train" / "ground_truth")

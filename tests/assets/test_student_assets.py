@@ -4,15 +4,32 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from dagster import AssetKey
 
 from flare_core.io import read_volume
 from flare_core.layout import DataLayout
 from flare_assets.pipeline import latest_metadata
+from tests.assets.stages import planted_tumor_pseudo_labels, stage
 
 
-def test_student_plans_record_the_fused_labels_they_consumed(pipeline_run):
-    instance, _, reports, work = pipeline_run
+STUDENT_SIDE = ("partial_fused_label", "organ_fused_label", "student_plans", "student_weights", "prediction",
+                "evaluation", "evaluation_summary")
+
+
+@pytest.fixture(scope="module")
+def student_stage(tiny_data_root, tmp_path_factory):
+    """Fused labels from planted tumor pseudo-labels, then the student, its predictions and their
+    evaluation, by automation, on their own instance."""
+    with stage(tiny_data_root, tmp_path_factory.mktemp("student")) as built:
+        built.settle("training_case", "inference_case")
+        planted_tumor_pseudo_labels(built, tiny_data_root)
+        built.settle(*STUDENT_SIDE, upstream=False)
+        yield built
+
+
+def test_student_plans_record_the_fused_labels_they_consumed(student_stage):
+    instance, reports, work = student_stage.instance, student_stage.reports, student_stage.work
     assert reports["student_plans"].done == ["all"]
     manifest = json.loads((work / "manifests" / "student_plans.json").read_text())
     assert len(manifest["cases"]) == 10
@@ -24,16 +41,16 @@ def test_student_plans_record_the_fused_labels_they_consumed(pipeline_run):
     assert meta["manifest_digest"] == manifest["digest"]
 
 
-def test_student_weights_are_trained_on_that_manifest(pipeline_run):
-    instance, _, _, work = pipeline_run
+def test_student_weights_are_trained_on_that_manifest(student_stage):
+    instance, work = student_stage.instance, student_stage.work
     meta = latest_metadata(instance, AssetKey("student_weights"))
     manifest = json.loads((work / "manifests" / "student_plans.json").read_text())
     assert meta["manifest_digest"] == manifest["digest"]
     assert (Path(meta["results_folder"]) / "fold_all" / "checkpoint_final.pth").is_file()
 
 
-def test_predictions_keep_the_exact_geometry_of_every_inference_case(pipeline_run, tiny_data_root):
-    instance, _, reports, work = pipeline_run
+def test_predictions_keep_the_exact_geometry_of_every_inference_case(student_stage, tiny_data_root):
+    instance, reports, work = student_stage.instance, student_stage.reports, student_stage.work
     layout = DataLayout(tiny_data_root)
     assert sorted(reports["prediction"].done) == ["FLARE23Ts_0001", "FLARE23Ts_0002"]
     flipped = 0
@@ -50,8 +67,8 @@ def test_predictions_keep_the_exact_geometry_of_every_inference_case(pipeline_ru
     assert flipped >= 1, "the phantom gives some inference cases a non-identity direction"
 
 
-def test_evaluation_by_the_official_rules_and_its_summary(pipeline_run):
-    instance, _, reports, work = pipeline_run
+def test_evaluation_by_the_official_rules_and_its_summary(student_stage):
+    instance, reports, work = student_stage.instance, student_stage.reports, student_stage.work
     assert len(reports["evaluation"].done) == 2
     record = json.loads((work / "evaluations" / "FLARE23Ts_0001.json").read_text())
     assert [s["class_id"] for s in record["scores"]] == list(range(1, 15))

@@ -1,11 +1,11 @@
 """Teacher plans, weights and tumor pseudo-labels through the real Dagster
 machinery and the real nnU-Net planner, trainer and predictor (tiny)."""
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
-import shutil
-
+import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
 from flare_core.io import read_volume
@@ -14,6 +14,13 @@ from flare_assets import model_cache
 from flare_assets.defs.teacher import tumor_pseudo_label
 from flare_assets.pipeline import latest_metadata
 from tests.conftest import make_resources, partition_range_tags
+from tests.assets.stages import through
+
+
+@pytest.fixture(scope="module")
+def teacher_stage(tiny_data_root, tmp_path_factory):
+    """Registration, tumor subset, the teacher and its pseudo-labels, by automation, on their own instance."""
+    yield from through(tiny_data_root, tmp_path_factory.mktemp("teacher"), "tumor_pseudo_label")
 
 
 def _materializations(instance, key, partition=None):
@@ -24,8 +31,8 @@ def _materializations(instance, key, partition=None):
     return [r.event_log_entry for r in records.records]
 
 
-def test_teacher_plans_describe_the_attention_network(pipeline_run):
-    instance, _, reports, work = pipeline_run
+def test_teacher_plans_describe_the_attention_network(teacher_stage):
+    instance, reports, work = teacher_stage.instance, teacher_stage.reports, teacher_stage.work
     assert reports["teacher_plans"].done == ["all"]
     meta = latest_metadata(instance, AssetKey("teacher_plans"))
     row = meta["configuration"].records[0].data
@@ -36,8 +43,8 @@ def test_teacher_plans_describe_the_attention_network(pipeline_run):
     assert sorted(meta["case_ids"].split(", ")) == sorted(tumor_cases)
 
 
-def test_teacher_weights_are_a_standard_nnunet_results_folder(pipeline_run):
-    instance, _, reports, _ = pipeline_run
+def test_teacher_weights_are_a_standard_nnunet_results_folder(teacher_stage):
+    instance, reports = teacher_stage.instance, teacher_stage.reports
     assert reports["teacher_weights"].done == ["all"]
     meta = latest_metadata(instance, AssetKey("teacher_weights"))
     folder = Path(meta["results_folder"])
@@ -49,8 +56,8 @@ def test_teacher_weights_are_a_standard_nnunet_results_folder(pipeline_run):
     assert any("epoch 0: train loss" in m for m in logs), "per-epoch progress goes to the run log"
 
 
-def test_tumor_pseudo_labels_only_for_cases_without_tumor_annotation(pipeline_run, tiny_data_root):
-    instance, _, reports, work = pipeline_run
+def test_tumor_pseudo_labels_only_for_cases_without_tumor_annotation(teacher_stage, tiny_data_root):
+    instance, reports, work = teacher_stage.instance, teacher_stage.reports, teacher_stage.work
     truth = json.loads((tiny_data_root / "phantom.json").read_text())["train"]
     layout = DataLayout(tiny_data_root)
     assert not reports["tumor_pseudo_label"].failed
@@ -67,9 +74,9 @@ def test_tumor_pseudo_labels_only_for_cases_without_tumor_annotation(pipeline_ru
         assert meta["lesion_voxels"] == int(mask.sum()) and "seconds" in meta
 
 
-def test_a_batch_of_partitions_runs_once_with_one_model_load(pipeline_run, tmp_path):
+def test_a_batch_of_partitions_runs_once_with_one_model_load(teacher_stage, tmp_path):
     """What a backfill launches for many cases: one run over a partition range, one teacher load."""
-    instance, resources, _, work = pipeline_run
+    instance, resources, work = teacher_stage.instance, teacher_stage.resources, teacher_stage.work
     private_work = tmp_path / "work"
     shutil.copytree(work, private_work)
     state_path = private_work / "manifests" / "teacher_weights.json"

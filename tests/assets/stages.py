@@ -66,6 +66,16 @@ def through(data_root: Path, base: Path, *assets: str) -> Iterator[Stage]:
         yield built
 
 
+def after_planted_teacher(data_root: Path, base: Path, *assets: str,
+                          registrations: tuple[str, ...] = ("training_case",)) -> Iterator[Stage]:
+    """A fixture body: cases registered, tumor pseudo-labels planted, then `assets` by automation."""
+    with stage(data_root, base) as built:
+        built.settle(*registrations)
+        planted_tumor_pseudo_labels(built, data_root)
+        built.settle(*assets, upstream=False)
+        yield built
+
+
 def planted_tumor_pseudo_labels(built: Stage, data_root: Path) -> list[str]:
     """Pseudo-labels for the registered cases without a tumor annotation; returns them."""
     data, work = DataLayout(data_root), WorkLayout(built.work)

@@ -11,7 +11,7 @@ from flare_core.layout import DataLayout
 from flare_assets.defs.fusion import fused_labels
 from flare_assets.pipeline import latest_metadata
 from tests.conftest import make_resources, partition_range_tags
-from tests.assets.stages import planted_tumor_pseudo_labels, stage
+from tests.assets.stages import after_planted_teacher
 
 
 FUSION = ("partial_fused_label", "organ_fused_label")
@@ -20,11 +20,7 @@ FUSION = ("partial_fused_label", "organ_fused_label")
 @pytest.fixture(scope="module")
 def fusion_stage(tiny_data_root, tmp_path_factory):
     """Registered cases and planted tumor pseudo-labels, fused by automation, on their own instance."""
-    with stage(tiny_data_root, tmp_path_factory.mktemp("fusion")) as built:
-        built.settle("training_case")
-        planted_tumor_pseudo_labels(built, tiny_data_root)
-        built.settle(*FUSION, upstream=False)
-        yield built
+    yield from after_planted_teacher(tiny_data_root, tmp_path_factory.mktemp("fusion"), *FUSION)
 
 
 def check_status_by_case(instance, asset: str, check: str) -> dict[str, str]:

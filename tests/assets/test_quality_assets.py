@@ -9,7 +9,7 @@ from flare_core import label_quality as lq
 from flare_assets.defs.quality import label_quality, label_quality_summary
 from flare_assets.pipeline import latest_metadata
 from tests.conftest import make_resources
-from tests.assets.stages import planted_tumor_pseudo_labels, stage
+from tests.assets.stages import after_planted_teacher
 
 
 SCORED = ("partial_fused_label", "organ_fused_label", "label_quality", "label_quality_summary")
@@ -18,11 +18,7 @@ SCORED = ("partial_fused_label", "organ_fused_label", "label_quality", "label_qu
 @pytest.fixture(scope="module")
 def quality_stage(tiny_data_root, tmp_path_factory):
     """Registered cases, planted tumor pseudo-labels, fusion and quality by automation, on their own instance."""
-    with stage(tiny_data_root, tmp_path_factory.mktemp("quality")) as built:
-        built.settle("training_case")
-        planted_tumor_pseudo_labels(built, tiny_data_root)
-        built.settle(*SCORED, upstream=False)
-        yield built
+    yield from after_planted_teacher(tiny_data_root, tmp_path_factory.mktemp("quality"), *SCORED)
 
 
 def test_every_label_source_is_scored_against_ground_truth(quality_stage):

@@ -10,7 +10,7 @@ from dagster import AssetKey
 from flare_core.io import read_volume
 from flare_core.layout import DataLayout
 from flare_assets.pipeline import latest_metadata
-from tests.assets.stages import planted_tumor_pseudo_labels, stage
+from tests.assets.stages import after_planted_teacher
 
 
 STUDENT_SIDE = ("partial_fused_label", "organ_fused_label", "student_plans", "student_weights", "prediction",
@@ -21,11 +21,8 @@ STUDENT_SIDE = ("partial_fused_label", "organ_fused_label", "student_plans", "st
 def student_stage(tiny_data_root, tmp_path_factory):
     """Fused labels from planted tumor pseudo-labels, then the student, its predictions and their
     evaluation, by automation, on their own instance."""
-    with stage(tiny_data_root, tmp_path_factory.mktemp("student")) as built:
-        built.settle("training_case", "inference_case")
-        planted_tumor_pseudo_labels(built, tiny_data_root)
-        built.settle(*STUDENT_SIDE, upstream=False)
-        yield built
+    yield from after_planted_teacher(tiny_data_root, tmp_path_factory.mktemp("student"), *STUDENT_SIDE,
+                                     registrations=("training_case", "inference_case"))
 
 
 def test_student_plans_record_the_fused_labels_they_consumed(student_stage):

@@ -21,6 +21,9 @@ uses by default) and a fake data root, then measures:
   outside the evaluation's cache of dynamic partitions and so reads every
   partition key once per condition node; the daemon reads them once.
   The serialized size of Dagster's automation cursor is recorded as well.
+- with `--ui-query`, the query behind the UI's partition bar: a real
+  `dagster-webserver` on the instance answers GraphQL's
+  `assetPartitionStatuses` for `training_case` (every registered case).
 
 "Registered" cases are made cheaply, with no asset code run: each case gets a
 copy of one tiny NIfTI, a registry inventory (`flare_core.registry`, what
@@ -348,6 +351,10 @@ def bench_scale(n_cases: int, n_new: int, repeat: int, args, payload: bytes) -> 
                 with timed(profiled, "daemon_tick_nothing_due", profiles):
                     daemon()
 
+        if args.ui_query:
+            log.info("[%d] the UI's partition status query", n_cases)
+            out["ui_partition_status"] = ui_partition_status(home, data_root, work_root, seconds, repeat)
+
         log.info("[%d] %d new cases", n_cases, n_new)
         new = case_ids(n_cases + 1, n_new)
         write_case_files(data, new, payload)
@@ -390,6 +397,53 @@ def bench_scale(n_cases: int, n_new: int, repeat: int, args, payload: bytes) -> 
     return out
 
 
+PARTITION_STATUS_QUERY = """
+query PartitionStatus($key: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $key) {
+    ... on AssetNode {
+      assetPartitionStatuses {
+        ... on DefaultPartitionStatuses { materializedPartitions failedPartitions unmaterializedPartitions }
+      }
+    }
+  }
+}
+"""
+
+
+def ui_partition_status(home: Path, data_root: Path, work_root: Path, seconds: dict, repeat: int) -> dict:
+    """Time the partition-status query of the `training_case` asset page on a real webserver."""
+    import subprocess
+
+    from tests.e2e.dagster_dev import free_port, graphql
+
+    port = free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(home), "FLARE_DATA_ROOT": str(data_root),
+           "FLARE_WORK_ROOT": str(work_root), "FLARE_SENSORS": "off"}
+    server = subprocess.Popen([str(Path(sys.executable).with_name("dagster-webserver")), "-w",
+                               str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                graphql(port, "{ version }")
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("dagster-webserver did not come up") from None
+                time.sleep(1)
+        variables = {"key": {"path": ["training_case"]}}
+        for _ in range(repeat + 1):  # the first answer warms the webserver's caches
+            with timed(seconds, "ui_partition_status"):
+                data = graphql(port, PARTITION_STATUS_QUERY, variables)
+        statuses = data["assetNodeOrError"]["assetPartitionStatuses"]
+        return {"materialized": len(statuses["materializedPartitions"]),
+                "unmaterialized": len(statuses["unmaterializedPartitions"])}
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
 # --------------------------------------------------------------- main
 
 
@@ -424,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-daemon-path", dest="daemon_path", action="store_false",
                         help="skip the ticks through Dagster's internal AutomationTickEvaluationContext")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folders")
+    parser.add_argument("--ui-query", action="store_true",
+                        help="also time the UI's partition status query on a real dagster-webserver")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "automation.json")
     args = parser.parse_args(argv)
     args.postgres_url_given = args.postgres_url is not None

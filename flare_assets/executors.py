@@ -51,10 +51,12 @@ def celery_settings() -> dict:
         "backend": os.environ.get("FLARE_CELERY_BACKEND", broker),
         "config_source": {
             "task_default_queue": DEFAULT_QUEUE,
-            # A worker that dies mid-step gives its task back to the queue, so
-            # another worker runs the step again instead of it being lost.
-            "task_acks_late": True,
-            "task_reject_on_worker_lost": True,
+            # A task is acknowledged when a worker takes it. A worker that dies
+            # mid-step is reported by its supervisor (flare_assets.worker): the
+            # run fails and Dagster's run retries re-execute the step. A late
+            # acknowledgement would also hand the task back to the queue, and
+            # run the step a second time beside the retry.
+            "task_acks_late": False,
             "worker_prefetch_multiplier": 1,
             "broker_connection_retry_on_startup": True,
         },

@@ -62,11 +62,12 @@ def test_every_step_has_a_job_to_launch_it_by_name():
         assert f"{step}_job" in names
 
 
-def test_the_worker_serves_the_executors_broker_and_gives_a_lost_task_back(tmp_path, monkeypatch):
+def test_the_worker_serves_the_executors_broker_and_records_its_running_steps(tmp_path, monkeypatch):
     monkeypatch.setenv("FLARE_CELERY_BROKER", "redis://broker.example:6379/3")
     text = write_config_module(tmp_path).read_text()
     assert "broker_url = 'redis://broker.example:6379/3'" in text
-    assert "task_acks_late = True" in text and "task_reject_on_worker_lost = True" in text
+    assert "import flare_assets.worker_hooks" in text  # the supervisor learns which steps a dead worker lost
+    assert "task_acks_late = False" in text  # a lost step is retried by its run, not handed out twice
     assert "task_default_queue = 'default'" in text
 
 

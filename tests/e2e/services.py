@@ -1,7 +1,8 @@
 """Real services for the scale-out tests, started and stopped by process id:
 a PostgreSQL server and a Redis server on 127.0.0.1 (Debian's packages, which
-`make setup` installs), and Celery workers started with the project's own
-command (`python -m flare_assets.worker`)."""
+`make setup` installs), Celery workers started with the project's own
+command (`python -m flare_assets.worker`), and a `dagster-daemon` (queued runs,
+run retries) on the repository's workspace."""
 from __future__ import annotations
 
 import contextlib
@@ -116,4 +117,18 @@ def celery_worker(queue: str, env: dict[str, str], log: Path) -> Iterator[subpro
         yield worker
     finally:
         stop(worker)
+        handle.close()
+
+
+@contextlib.contextmanager
+def dagster_daemon(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    """`dagster-daemon run` on workspace.yaml, until it stops."""
+    handle = open(log, "w")
+    daemon = subprocess.Popen([str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w",
+                               str(REPO / "workspace.yaml")], cwd=REPO, env=env, stdout=handle,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield daemon
+    finally:
+        stop(daemon)
         handle.close()

@@ -378,7 +378,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     options = dict(MODE_OPTIONS[variant] if variant in MODE_OPTIONS else PRECISION_VARIANTS[variant]["options"])
     extra: dict[str, Any] = {}
     if precision == "bf16":  # a fact for the report, found before the clock starts
-        from flare_core.nnunet.configured_trainer import cpu_has_native_bfloat16
+        from flare_core.nnunet.environment import cpu_has_native_bfloat16
 
         extra["cpu_native_bfloat16"] = cpu_has_native_bfloat16()
     started = time.perf_counter()

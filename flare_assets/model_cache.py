@@ -22,9 +22,10 @@ def teacher(model_folder: str, checkpoint_sha256: str, device: str, trusted_root
 
 @lru_cache(maxsize=2)
 def student(model_folder: str, checkpoint_sha256: str, mode: str, device: str, trusted_root: str,
-            backend: str = "torch"):
+            backend: str = "torch", precision: str = "float32"):
     from flare_core.nnunet.efficient_predictor import StudentPredictor
     from flare_core.nnunet.model_loading import verify_checkpoint
 
     verify_checkpoint(model_folder, checkpoint_sha256, trusted_root)  # before anything is unpickled
-    return StudentPredictor.from_results(model_folder, mode=mode, device=device, backend=backend)
+    return StudentPredictor.from_results(model_folder, mode=mode, device=device, backend=backend,
+                                         precision=precision)

@@ -5,6 +5,8 @@ FLARE_WORK_ROOT   where every output is written              default ./demo/work
 FLARE_PROFILE     run profile: cpu (demo), test, flare23     default cpu
 FLARE_DEVICE      auto, cpu or cuda                          default auto
 FLARE_INFERENCE_MODE  fastest, fast or stock                 default fastest
+FLARE_INFERENCE_BACKEND    torch, onnx or auto               default torch
+FLARE_INFERENCE_PRECISION  float32 or bfloat16 (CPU, torch)  default float32
 FLARE_SENSORS     on: discovery and automation sensors start running; off: stopped   default on
 FLARE_SETTLE_SECONDS  a case file is picked up once unchanged this long   default 10
 FLARE_RETRAIN_CRON    when the teacher and student may retrain (if their data changed)   default 0 2 * * *
@@ -40,6 +42,11 @@ def inference_mode() -> str:
 def inference_backend() -> str:
     """How `fast` / `fastest` run the student: torch, onnx (onnxruntime, CPU) or auto."""
     return os.environ.get("FLARE_INFERENCE_BACKEND", "torch")
+
+
+def inference_precision() -> str:
+    """The student's precision on the CPU: float32, or bfloat16 (torch backend; fast on native-bf16 CPUs)."""
+    return os.environ.get("FLARE_INFERENCE_PRECISION", "float32")
 
 
 def sensors_start_running() -> bool:

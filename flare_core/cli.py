@@ -2,7 +2,7 @@
 
     flare predict -i IMAGES_DIR -o OUT_DIR (--model RESULTS_FOLDER | --work-root W)
                   [--mode fastest|fast|stock] [--device auto|cpu|cuda] [--threads N]
-                  [--backend auto|torch|onnx] [--overwrite]
+                  [--backend auto|torch|onnx] [--precision float32|bfloat16] [--overwrite]
 
 Exit status: 0 when every case was predicted or skipped, 1 when any case
 failed, 2 when nothing could start (bad arguments, no model, an untrusted
@@ -24,6 +24,7 @@ log = logging.getLogger("flare_core.cli")
 
 MODES = ("fastest", "fast", "stock")  # as efficient_predictor.MODES, which imports torch
 BACKENDS = ("auto", "torch", "onnx")
+PRECISIONS = ("float32", "bfloat16")
 EXIT_OK, EXIT_CASES_FAILED, EXIT_NOT_STARTED, EXIT_INTERRUPTED = 0, 1, 2, 130
 LISTED_FAILURES = 5
 
@@ -74,6 +75,10 @@ def _add_predict(commands) -> None:
                          help="how fast/fastest run the network: torch, or onnx (onnxruntime on the CPU, from "
                               "an ONNX export made once beside the checkpoint); auto: onnx on the CPU, torch "
                               "on CUDA; stock always runs torch (default: %(default)s)")
+    predict.add_argument("--precision", choices=PRECISIONS, default="float32",
+                         help="the network's precision on the CPU: float32, or bfloat16 autocast (torch backend; "
+                              "about 2x faster on CPUs with AVX-512 BF16 / AMX, slower elsewhere; small classes "
+                              "can differ from float32) (default: %(default)s)")
     predict.add_argument("--overwrite", action="store_true", help="predict cases whose output already exists")
     predict.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     predict.add_argument("-v", "--verbose", action="count", default=0, help="-v: progress log, -vv: debug")
@@ -145,7 +150,7 @@ def _load_predictor(args: argparse.Namespace):
 
     folder = args.model if args.model is not None else trusted_student_folder(args.work_root).model_folder
     return StudentPredictor.from_results(folder, mode=args.mode, device=args.device, num_threads=args.threads,
-                                         backend=args.backend)
+                                         backend=args.backend, precision=args.precision)
 
 
 def summary_line(result, load_seconds: float, predictor) -> str:
@@ -159,7 +164,7 @@ def summary_line(result, load_seconds: float, predictor) -> str:
     export = f" incl. ONNX export {artifact.record['export_seconds']:.1f} s" if artifact and artifact.exported else ""
     return (f"predicted {result.predicted}, skipped {result.skipped}, failed {len(failed)}"
             f"{f' ({names})' if failed else ''} | {per_case} | model load {load_seconds:.1f} s{export} | "
-            f"{predictor.mode}, {predictor.backend} on {predictor.device}, "
+            f"{predictor.mode}, {predictor.backend} {predictor.precision} on {predictor.device}, "
             f"{predictor.num_threads} thread{'s' if predictor.num_threads != 1 else ''}")
 
 

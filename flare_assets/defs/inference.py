@@ -39,7 +39,7 @@ def prediction(context: AssetExecutionContext, work_root: FlareWorkRoot,
     student = trained_student(work)
     predictor = model_cache.student(str(student.model_folder), student.checkpoint_sha256,
                                     run_profile.inference_mode, run_profile.device, str(work.root),
-                                    run_profile.inference_backend)
+                                    run_profile.inference_backend, run_profile.inference_precision)
 
     def predict(case_id: str) -> dict:
         inventory = require_inventory(work, "infer", case_id)
@@ -57,6 +57,7 @@ def prediction(context: AssetExecutionContext, work_root: FlareWorkRoot,
             "path": MetadataValue.path(str(path)),
             "mode": result.mode,
             "backend": result.backend,
+            "precision": result.precision,
             "seconds": round(seconds, 2),
             "peak_memory_mb": round((result.peak_memory_bytes or 0) / 2**20, 1),
             "windows_evaluated": result.windows_evaluated,
@@ -68,7 +69,7 @@ def prediction(context: AssetExecutionContext, work_root: FlareWorkRoot,
 
     outcome = run_batch(context, predict)
     return MaterializeResult(metadata={**outcome.summary, "mode": run_profile.inference_mode,
-                                       "backend": predictor.backend,
+                                       "backend": predictor.backend, "precision": predictor.precision,
                                        "model_load_seconds": round(predictor.model.load_seconds, 2)})
 
 

@@ -13,7 +13,8 @@ def build_resources() -> dict:
         "work_root": FlareWorkRoot(path=str(settings.work_root())),
         "run_profile": RunProfile(name=settings.profile(), device=settings.device(),
                                   inference_mode=settings.inference_mode(),
-                                  inference_backend=settings.inference_backend()),
+                                  inference_backend=settings.inference_backend(),
+                                  inference_precision=settings.inference_precision()),
     }
 
 

@@ -42,6 +42,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from flare_core.nnunet import checkpoint_files
 from flare_core.nnunet.class_balance import class_frequencies, class_weights
+from flare_core.nnunet.environment import cpu_has_native_bfloat16
 from flare_core.nnunet.model_loading import read_checkpoint
 from flare_core.nnunet.settings import TRAINING_KEY, TrainingSettings
 
@@ -200,15 +201,6 @@ class ConfiguredTrainer(nnUNetTrainer):
                 plot(output_folder)
 
         self.logger.plot_progress_png = throttled
-
-
-def cpu_has_native_bfloat16() -> bool:
-    """True on x86 CPUs with AVX-512 BF16 or AMX-BF16 (Linux /proc/cpuinfo flags)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def _bfloat16_forward(forward: Callable) -> Callable:

@@ -17,6 +17,12 @@ beside the checkpoint (backend `onnx`, `flare_core.nnunet.onnx_export`);
 `auto` takes onnx on the CPU and torch on CUDA. `stock` is nnU-Net's own
 predictor and always runs torch.
 
+Precision (`PRECISIONS`): on the CPU the torch backend runs in `float32`, or
+in `bfloat16` autocast (opt-in: about 2x faster on CPUs with native bfloat16,
+AVX-512 BF16 / AMX, and slower elsewhere; labels of small classes can differ
+from float32's, see the README's figures). On CUDA the network always runs
+in float16 autocast.
+
 In every mode the image is first reoriented to the model's orientation
 (`LoadedStudent.orientation`, from the model folder's dataset.json; a model
 without one reads stored order) and the label map put back on the input's
@@ -58,6 +64,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("stock", "fast", "fastest")
 BACKENDS = ("auto", "torch", "onnx")
+PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass
@@ -82,6 +89,7 @@ class PredictionResult:
     output_path: Path | None = None
     step_trace: list[StepTrace] = field(default_factory=list)
     backend: str = "torch"
+    precision: str = "float32"
 
     def summary(self) -> dict[str, Any]:
         """JSON-friendly description without the label array."""
@@ -89,6 +97,7 @@ class PredictionResult:
             "case_id": self.case_id,
             "mode": self.mode,
             "backend": self.backend,
+            "precision": self.precision,
             "seconds": round(self.seconds, 3),
             "windows_evaluated": self.windows_evaluated,
             "windows_skipped": self.windows_skipped,
@@ -132,7 +141,8 @@ class StudentPredictor:
     def __init__(self, model: LoadedStudent, mode: str = "fastest", *, device: str | torch.device = "auto",
                  num_threads: int | None = None, mirroring: bool = False, tile_step_size: float = 0.5,
                  rules: FastestRules | None = None, window_batch_size: int = 1, channels_last: bool = False,
-                 mirror_axes: tuple[int, ...] | None = None, backend: str = "torch", fold: str | int = "all"):
+                 mirror_axes: tuple[int, ...] | None = None, backend: str = "torch", fold: str | int = "all",
+                 precision: str = "float32"):
         """`num_threads`: torch CPU threads (default: every CPU this process may
         use). `tile_step_size`: window step as a fraction of the patch (z steps
         for `fastest`). `mirroring` and `mirror_axes` apply to `stock` only:
@@ -145,7 +155,8 @@ class StudentPredictor:
         CPU speed measurably here, so both are off by default). `backend`:
         one of `BACKENDS` (see the module docstring); the ONNX export is made
         in `fold_<fold>` of the model's results folder when it is missing or
-        stale."""
+        stale. `precision`: one of `PRECISIONS`; `bfloat16` is the torch
+        backend's on the CPU (`auto` then means torch)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.model = model
@@ -161,6 +172,9 @@ class StudentPredictor:
         slab_patch = [model.plan.patch_size[axis] for axis in slab_order(model.plan.transpose_forward)]
         self.rules = rules or FastestRules.scaled_to_patch(slab_patch)
         self.window_batch_size = window_batch_size
+        self.precision = resolve_precision(precision, mode, backend, self.device)
+        if self.precision == "bfloat16" and backend == "auto":
+            backend = "torch"
         self.backend = resolve_backend(backend, mode, self.device)
         self._stock: _CountingPredictor | None = None
         self._runner: WindowRunner | OnnxWindowRunner | None = None
@@ -173,9 +187,10 @@ class StudentPredictor:
             self.backend = "torch"
             if self.device.type == "cuda":
                 torch.backends.cudnn.benchmark = True  # one patch size: autotuning pays off
-            self._runner = WindowRunner(model.network, self.device, channels_last=channels_last)
-        log.info("student predictor: mode=%s backend=%s device=%s threads=%d orientation=%s%s", mode, self.backend,
-                 self.device, self.num_threads, model.orientation or "stored order",
+            self._runner = WindowRunner(model.network, self.device, channels_last=channels_last,
+                                        cpu_bfloat16=self.precision == "bfloat16")
+        log.info("student predictor: mode=%s backend=%s precision=%s device=%s threads=%d orientation=%s%s", mode,
+                 self.backend, self.precision, self.device, self.num_threads, model.orientation or "stored order",
                  f" rules={self.rules}" if mode == "fastest" else "")
 
     @classmethod
@@ -247,6 +262,7 @@ class StudentPredictor:
             windows_evaluated=counts.evaluated, windows_skipped=counts.skipped,
             class_voxel_counts=foreground_counts(label, self.model.plan.num_classes),
             mode=self.mode, peak_memory_bytes=self._peak_memory(), step_trace=trace, backend=self.backend,
+            precision=self.precision,
         )
 
     def _peak_memory(self) -> int:
@@ -328,6 +344,23 @@ def resolve_backend(backend: str, mode: str, device: torch.device) -> str:
     if backend == "auto":
         return "onnx" if mode != "stock" and device.type == "cpu" and onnx_available() else "torch"
     return backend
+
+
+def resolve_precision(precision: str, mode: str, backend: str, device: torch.device) -> str:
+    """The network's precision on the CPU (`PRECISIONS`); `float16` on CUDA whatever is asked."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "float32" or device.type != "cpu":
+        return "float16" if device.type == "cuda" else precision
+    if mode == "stock":
+        raise ValueError("bfloat16 runs the fast and fastest modes; stock is nnU-Net's own float32 predictor")
+    if backend == "onnx":
+        raise ValueError("bfloat16 runs in torch; the onnx backend runs float32")
+    from flare_core.nnunet.environment import cpu_has_native_bfloat16
+
+    if not cpu_has_native_bfloat16():
+        log.warning("this CPU has no native bfloat16 (AVX-512 BF16 / AMX): bfloat16 will be slower than float32")
+    return precision
 
 
 def slab_order(transpose_forward: Sequence[int]) -> tuple[int, int, int]:

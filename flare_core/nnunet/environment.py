@@ -130,3 +130,12 @@ def default_augmentation_workers(device: torch.device) -> int:
     if device.type == "cpu":
         return 0
     return max(1, min(12, available_cpus() - 1))
+
+
+def cpu_has_native_bfloat16() -> bool:
+    """True on x86 CPUs with AVX-512 BF16 or AMX-BF16 (Linux /proc/cpuinfo flags)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags

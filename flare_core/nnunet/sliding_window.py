@@ -86,11 +86,14 @@ def gaussian_importance_map(patch: Sequence[int], sigma_scale: float = 1.0 / 8,
 
 class WindowRunner:
     """Runs the network on a batch of windows: inference mode, fp16 autocast
-    on CUDA (float32 on CPU), optional channels-last memory layout."""
+    on CUDA, float32 on CPU or (`cpu_bfloat16`) bfloat16 autocast there, with
+    float32 logits either way; optional channels-last memory layout."""
 
-    def __init__(self, network: nn.Module, device: torch.device, channels_last: bool = False):
+    def __init__(self, network: nn.Module, device: torch.device, channels_last: bool = False,
+                 cpu_bfloat16: bool = False):
         self.device = device
         self.channels_last = channels_last
+        self.cpu_bfloat16 = cpu_bfloat16 and device.type == "cpu"
         self.network = network.to(device).eval()
         if channels_last:
             self.network = self.network.to(memory_format=torch.channels_last_3d)
@@ -98,6 +101,8 @@ class WindowRunner:
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.float16)
+        if self.cpu_bfloat16:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def __call__(self, windows: torch.Tensor) -> torch.Tensor:
@@ -108,7 +113,7 @@ class WindowRunner:
             logits = self.network(windows)
         if isinstance(logits, (list, tuple)):  # deep supervision left on: full resolution first
             logits = logits[0]
-        return logits
+        return logits.float() if self.cpu_bfloat16 else logits
 
 
 class SlabAccumulator:

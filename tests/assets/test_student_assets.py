@@ -60,7 +60,7 @@ def test_predictions_keep_the_exact_geometry_of_every_inference_case(student_sta
         meta = latest_metadata(instance, AssetKey("prediction"), case_id)
         assert meta["windows_evaluated"] >= 1 and meta["seconds"] > 0 and meta["peak_memory_mb"] > 0
         assert "data:image/png;base64," in meta["preview"]
-        assert meta["mode"] == "fastest"
+        assert meta["mode"] == "fastest" and meta["precision"] == "float32"
     assert flipped >= 1, "the phantom gives some inference cases a non-identity direction"
 
 
@@ -74,3 +74,35 @@ def test_evaluation_by_the_official_rules_and_its_summary(student_stage):
     rows = {r.data["row"]: r.data for r in summary["summary"].records}
     assert {"liver", "organs mean", "tumor", "all"} <= set(rows)
     assert summary["cases_evaluated"] == 2 and "data:image/png;base64," in summary["plot"]
+
+
+def test_predictions_run_in_bfloat16_when_the_profile_says_so(student_stage, tmp_path):
+    """FLARE_INFERENCE_PRECISION reaches the prediction asset through its RunProfile."""
+    import shutil
+
+    from dagster import DagsterInstance, materialize
+
+    from flare_assets.defs.inference import prediction
+    from flare_assets.resources import RunProfile
+
+    work = tmp_path / "work"
+    shutil.copytree(student_stage.work, work)
+    _point_the_student_record_at(work, student_stage.work)
+    case_id = student_stage.instance.get_dynamic_partitions("inference_cases")[0]
+    resources = {**student_stage.resources, "work_root": type(student_stage.resources["work_root"])(path=str(work)),
+                 "run_profile": RunProfile(name="test", device="cpu", inference_precision="bfloat16")}
+    with DagsterInstance.ephemeral() as fresh:
+        fresh.add_dynamic_partitions("inference_cases", [case_id])
+        assert materialize([prediction], partition_key=case_id, instance=fresh, resources=resources).success
+        meta = latest_metadata(fresh, AssetKey("prediction"), case_id)
+    assert meta["precision"] == "bfloat16" and meta["backend"] == "torch"
+    label, _ = read_volume(work / "predictions" / f"{case_id}.nii.gz", case_id)
+    assert label.dtype == np.uint8
+
+
+def _point_the_student_record_at(work: Path, original: Path) -> None:
+    """A copied work root's own model: a checkpoint outside the work root is refused."""
+    record = work / "manifests" / "student_weights.json"
+    state = json.loads(record.read_text())
+    state["model_folder"] = state["model_folder"].replace(str(original), str(work))
+    record.write_text(json.dumps(state))

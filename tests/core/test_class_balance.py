@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from flare_core.nnunet.class_balance import class_weights
-from flare_core.nnunet.configured_trainer import _bfloat16_forward, cpu_has_native_bfloat16
+from flare_core.nnunet.configured_trainer import _bfloat16_forward
+from flare_core.nnunet.environment import cpu_has_native_bfloat16
 
 
 def test_weights_follow_inverse_power_of_frequency_and_keep_the_mean_at_one():

@@ -151,3 +151,30 @@ def test_every_mode_sees_one_orientation_and_writes_each_inputs_geometry(predict
     assert seen[0][1] == seen[1][1]
     assert dice(labels["lps"], case.labels, LIVER) > 0.6
     np.testing.assert_array_equal(labels["ras"], labels["lps"])
+
+
+def test_bfloat16_on_the_cpu_agrees_with_float32_and_says_so(results_folder, predictions, case_file, tmp_path):
+    path, _, geometry = case_file
+    bf16 = StudentPredictor.from_results(results_folder, "fast", device="cpu", precision="bfloat16")
+    assert bf16.backend == "torch" and bf16.precision == "bfloat16"
+    assert bf16._runner.cpu_bfloat16, "the windows run under CPU bfloat16 autocast"
+    result = bf16.predict_case(path, "toy", tmp_path / "bf16.nii.gz")
+    reference = predictions[("fast", False)]
+    assert result.precision == "bfloat16" and reference.precision == "float32"
+    assert read_geometry(tmp_path / "bf16.nii.gz", "toy").differences(geometry) == []
+    assert result.label.dtype == np.uint8
+    assert float(np.mean(result.label == reference.label)) > 0.99
+    assert dice(result.label, reference.label, LIVER) > 0.95
+    auto = StudentPredictor.from_results(results_folder, "fastest", device="cpu", backend="auto",
+                                         precision="bfloat16")
+    assert auto.backend == "torch", "bfloat16 runs in torch, so auto picks it"
+
+
+@pytest.mark.parametrize("mode,backend,precision,problem", [
+    ("fast", "onnx", "bfloat16", "onnx backend runs float32"),
+    ("stock", "torch", "bfloat16", "stock is nnU-Net's own float32"),
+    ("fast", "torch", "float16", "precision must be one of"),
+])
+def test_bfloat16_that_cannot_run_is_refused_clearly(results_folder, mode, backend, precision, problem):
+    with pytest.raises(ValueError, match=problem):
+        StudentPredictor.from_results(results_folder, mode, device="cpu", backend=backend, precision=precision)

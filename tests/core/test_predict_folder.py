@@ -90,7 +90,7 @@ def test_every_case_gets_a_label_map_with_its_images_exact_geometry(work_root, i
         assert label.dtype == np.uint8 and label.max() <= 14
     assert read_geometry(out / "toy_b.nii.gz", "toy_b").direction == RAS_LIKE
     summary = capsys.readouterr().out.strip().splitlines()[-1]
-    assert summary.startswith("predicted 3, skipped 0, failed 0 |") and "fastest, onnx on cpu" in summary
+    assert summary.startswith("predicted 3, skipped 0, failed 0 |") and "fastest, onnx float32 on cpu" in summary
     assert "s per case" in summary and "model load" in summary
 
 
@@ -119,7 +119,7 @@ def test_a_corrupt_image_is_named_and_the_others_are_written(work_root, images_w
     assert sorted(p.name for p in out.iterdir()) == [f"{c}.nii.gz" for c in CASES]
     assert "broken failed: broken_0000.nii.gz is truncated" in caplog.text
     summary = capsys.readouterr().out
-    assert summary.startswith("predicted 3, skipped 0, failed 1 (broken) |") and "fast, torch on cpu" in summary
+    assert summary.startswith("predicted 3, skipped 0, failed 1 (broken) |") and "fast, torch float32 on cpu" in summary
 
 
 def test_the_flare_command(work_root, images_with_a_corrupt_one, tmp_path):
@@ -158,6 +158,7 @@ def test_arguments_are_checked(images, tmp_path):
         assert exit_info.value.code == 2
     assert set(cli.MODES) == set(efficient_predictor.MODES)
     assert cli.BACKENDS == efficient_predictor.BACKENDS
+    assert cli.PRECISIONS == efficient_predictor.PRECISIONS
 
 
 def test_case_listing(tmp_path):

@@ -13,8 +13,8 @@ Variants (see flare_core/nnunet/efficient_predictor.py):
   fast / fastest            torch float32: one fold, no TTA, torch preprocessing, Gaussian
                             sliding window, argmax only (`fastest`: + the FLARE22 skipping rules)
   onnx_fast / onnx_fastest  the same, the network run by onnxruntime on the ONNX export (backend="onnx")
-  bf16_fast / bf16_fastest  torch, the network under torch.autocast("cpu", bfloat16) (bench-side wrap
-                            of the predictor's window runner; needs AVX-512 BF16 / AMX for speed)
+  bf16_fast / bf16_fastest  torch, the network under torch.autocast("cpu", bfloat16): the product's
+                            precision="bfloat16" (needs AVX-512 BF16 / AMX for speed)
   onnx_int8_fast / onnx_int8_fastest
                             onnxruntime on an int8 QDQ export (static post-training quantization,
                             per-channel, calibrated on real windows of a training case;
@@ -77,8 +77,9 @@ MODE_OPTIONS: dict[str, dict[str, Any]] = {
 }
 # Bench-only variants: predictor options plus a window runner swapped in by the worker.
 PRECISION_VARIANTS: dict[str, dict[str, Any]] = {
-    "bf16_fast": {"options": {"mode": "fast", "backend": "torch"}, "precision": "bf16"},
-    "bf16_fastest": {"options": {"mode": "fastest", "backend": "torch"}, "precision": "bf16"},
+    "bf16_fast": {"options": {"mode": "fast", "backend": "torch", "precision": "bfloat16"}, "precision": "bf16"},
+    "bf16_fastest": {"options": {"mode": "fastest", "backend": "torch", "precision": "bfloat16"},
+                     "precision": "bf16"},
     "onnx_int8_fast": {"options": {"mode": "fast", "backend": "torch"}, "precision": "int8"},
     "onnx_int8_fastest": {"options": {"mode": "fastest", "backend": "torch"}, "precision": "int8"},
 }
@@ -353,20 +354,6 @@ def current_rss_bytes() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
-class Bfloat16Runner:
-    """The predictor's torch window runner under CPU bfloat16 autocast; logits back in float32."""
-
-    def __init__(self, runner):
-        self.runner = runner
-
-    def __call__(self, windows):
-        import torch
-
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = self.runner(windows)
-        return logits.float()
-
-
 def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Load the model, predict one case, report timings and memory."""
     from flare_core.nnunet.efficient_predictor import StudentPredictor, peak_rss_bytes
@@ -384,10 +371,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     predictor = StudentPredictor.from_results(Path(spec["weights"]), options.pop("mode"), device=spec["device"],
                                               num_threads=spec.get("threads"), **options)
-    if precision == "bf16":
-        predictor._runner = Bfloat16Runner(predictor._runner)
-        predictor.backend = "torch-bf16"
-    elif precision == "int8":
+    if precision == "int8":
         from flare_core.nnunet.onnx_quantize import quantized_artifact
         from flare_core.nnunet.onnx_runner import OnnxWindowRunner
 

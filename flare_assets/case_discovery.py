@@ -88,18 +88,33 @@ def discover(instance: DagsterInstance, data: DataLayout, work: WorkLayout, spli
                           settle_seconds=settle_seconds, registered_roles=lambda c: _registered_roles(work, split, c))
     found = Discovered(problems=dict(scan.rejected), cursor=Cursor(scan.watermark, scan.folder_counts))
     for case_id in scan.new + scan.changed:
-        files = case_files(data, split, case_id)
-        # A file still arriving is left alone (new or changed): its next write
-        # moves its time past the watermark and brings it back, whole.
-        incomplete = next(filter(None, map(completeness_problem, files.values())), None)
-        problem = incomplete or header_problem(files["image"])
-        if incomplete or (problem and case_id in scan.new):
-            if discovery.case_changed_at(data, split, case_id) > cursor.watermark:  # once per change
-                found.problems[case_id] = f"case {case_id!r}: {problem}"
-            continue
-        (found.new if case_id in scan.new else found.changed).append(case_id)
-        found.events.append(_files_event(data, split, case_id, "new" if case_id in scan.new else "changed"))
+        why = "new" if case_id in scan.new else "changed"
+        try:
+            problem = _look_at(data, split, case_id, why, cursor)
+            event = None if problem is not None else _files_event(data, split, case_id, why)
+        except OSError as error:  # a file removed or replaced mid-tick: one case, never the tick
+            problem = f"{type(error).__name__}: {error}"
+        if problem:
+            found.problems[case_id] = f"case {case_id!r}: {problem}"
+        elif problem is None:
+            (found.new if why == "new" else found.changed).append(case_id)
+            found.events.append(event)
     return found
+
+
+def _look_at(data: DataLayout, split: str, case_id: str, why: str, cursor: Cursor) -> str | None:
+    """None when the case can be registered; else why not, or "" for a case
+    left alone quietly (its problem was reported at an earlier tick)."""
+    files = case_files(data, split, case_id)
+    # A file still arriving is left alone (new or changed): its next write
+    # moves its time past the watermark and brings it back, whole.
+    incomplete = next(filter(None, map(completeness_problem, files.values())), None)
+    problem = incomplete or header_problem(files["image"])
+    if incomplete or (problem and why == "new"):
+        if discovery.case_changed_at(data, split, case_id) > cursor.watermark:  # once per change
+            return problem
+        return ""
+    return None
 
 
 def apply(instance: DagsterInstance, split: str, found: Discovered) -> None:

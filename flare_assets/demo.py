@@ -129,7 +129,7 @@ def run(args: argparse.Namespace, ui: console.Console, log_path: Path) -> int:
         with progress.listening(ui):
             reports = pipeline.run_until_settled(instance, resources)
     stopped = next((r for r in reports if "all" in r.failed), None)
-    if not reports:
+    if all(r.name == "discovery" for r in reports):
         ui.line("nothing to do: every asset is up to date with the data root")
     ui.line()
     if stopped is not None:
@@ -141,12 +141,36 @@ def run(args: argparse.Namespace, ui: console.Console, log_path: Path) -> int:
         if settings.profile() == "test":
             ui.line("(profile test: the models train for seconds; these numbers check the plumbing, not the method)")
         ui.line()
-    failed = [r for r in reports if r.failed]
-    if failed and stopped is None:
-        ui.error("failed: " + "; ".join(f"{r.name} ({len(r.failed)})" for r in failed))
+    if stopped is None:
+        for text in failure_lines(reports):
+            ui.error(text)
     ui.line(f"full log: {log_path}")
     ui.line("browse every asset, its metadata and plots: make ui (http://127.0.0.1:3000)")
-    return 1 if failed else 0
+    return exit_status(reports)
+
+
+# Cases named per failed stage before the rest is only counted (the log has every message).
+NAMED_CASES = 8
+
+
+def failure_lines(reports) -> list[str]:
+    """One line per stage that failed anywhere, naming its failed cases."""
+    from flare_assets.pipeline import merged_reports
+
+    lines = []
+    for name, report in merged_reports(list(reports)).items():
+        if not report.failed:
+            continue
+        subjects = sorted(repr(s) if s != s.strip() or " " in s else s for s in report.failed)
+        more = len(subjects) - NAMED_CASES
+        named = ", ".join(subjects[:NAMED_CASES]) + (f" and {more} more" if more > 0 else "")
+        lines.append(f"failed: {name}: {len(subjects)} ({named}); every reason is in the log")
+    return lines
+
+
+def exit_status(reports) -> int:
+    """0 when every stage and case succeeded, 1 when any failed."""
+    return 1 if any(r.failed for r in reports) else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,6 +81,13 @@ def discover_cases(instance: DagsterInstance, resources: dict) -> dict[str, case
     return found
 
 
+def refused_at_discovery(found: dict[str, case_discovery.Discovered]) -> list[StageReport]:
+    """The files discovery would not take, as a failed stage: they are cases
+    (or would-be cases) that a user must hear about."""
+    refused = {subject: problem for split in found for subject, problem in sorted(found[split].problems.items())}
+    return [StageReport(name="discovery", failed=refused)] if refused else []
+
+
 def run_until_settled(instance: DagsterInstance, resources: dict, defs: Definitions | None = None,
                       selection: AssetSelection | None = None, max_ticks: int = MAX_TICKS,
                       through_jobs: bool = False) -> list[StageReport]:
@@ -100,7 +107,7 @@ def run_until_settled(instance: DagsterInstance, resources: dict, defs: Definiti
     # crash or failure left missing); events after it count as new.
     result = evaluate(defs, instance, selection, cursor=None)
     reports += run_requested(instance, launch, defs, result, len(reports))
-    discover_cases(instance, resources)
+    reports += refused_at_discovery(discover_cases(instance, resources))
     for _ in range(max_ticks):
         result = evaluate(defs, instance, selection, cursor=result.cursor)
         if result.total_requested == 0:

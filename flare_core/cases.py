@@ -41,11 +41,13 @@ def file_problem(path: Path, root: Path) -> str | None:
     ends, and a link out of the data root reads what the user did not put there."""
     path = Path(path)
     try:
-        mode = path.stat().st_mode
+        facts = path.stat()
     except OSError as error:
         return f"{path.name} cannot be read ({error.strerror})"
-    if not stat.S_ISREG(mode):
+    if not stat.S_ISREG(facts.st_mode):
         return f"{path.name} is not a regular file (a FIFO, a device or a folder)"
+    if facts.st_size == 0:
+        return f"{path.name} is empty (0 bytes)"
     resolved = path.resolve()
     if not resolved.is_relative_to(Path(root).resolve()):
         return f"{path.name} links outside the data root (to {resolved})"

@@ -2,7 +2,8 @@
 
     flare predict -i IMAGES_DIR -o OUT_DIR (--model RESULTS_FOLDER | --work-root W)
                   [--mode fastest|fast|stock] [--device auto|cpu|cuda] [--threads N]
-                  [--backend auto|torch|onnx] [--precision float32|bfloat16] [--overwrite]
+                  [--backend auto|torch|onnx] [--precision float32|bfloat16] [--whole-image]
+                  [--overwrite]
 
 Exit status: 0 when every case was predicted or skipped, 1 when any case
 failed, 2 when nothing could start (bad arguments, no model, an untrusted
@@ -66,8 +67,8 @@ def _add_predict(commands) -> None:
                              "dataset.json, fold_all/checkpoint_final.pth). Nothing records its hash, so it is "
                              "loaded as it is: you vouch for where it came from")
     predict.add_argument("--mode", choices=MODES, default="fastest",
-                         help="fastest: FLARE22 window skipping; fast: every window; stock: nnU-Net's own "
-                              "predictor (default: %(default)s)")
+                         help="fastest: the body's box, then FLARE22 window skipping; fast: every window; "
+                              "stock: nnU-Net's own predictor (default: %(default)s)")
     predict.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
     predict.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                          help="CPU threads for torch and onnxruntime (default: every CPU this process may use)")
@@ -79,6 +80,9 @@ def _add_predict(commands) -> None:
                          help="the network's precision on the CPU: float32, or bfloat16 autocast (torch backend; "
                               "about 2x faster on CPUs with AVX-512 BF16 / AMX, slower elsewhere; small classes "
                               "can differ from float32) (default: %(default)s)")
+    predict.add_argument("--whole-image", dest="localise", action="store_false",
+                         help="fastest over the whole field of view on FLARE22's 3 x 3 grid, without first "
+                              "cropping to the body")
     predict.add_argument("--overwrite", action="store_true", help="predict cases whose output already exists")
     predict.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     predict.add_argument("-v", "--verbose", action="count", default=0, help="-v: progress log, -vv: debug")
@@ -150,7 +154,8 @@ def _load_predictor(args: argparse.Namespace):
 
     folder = args.model if args.model is not None else trusted_student_folder(args.work_root).model_folder
     return StudentPredictor.from_results(folder, mode=args.mode, device=args.device, num_threads=args.threads,
-                                         backend=args.backend, precision=args.precision)
+                                         backend=args.backend, precision=args.precision,
+                                         localise=None if args.localise else False)
 
 
 def summary_line(result, load_seconds: float, predictor) -> str:
@@ -164,7 +169,8 @@ def summary_line(result, load_seconds: float, predictor) -> str:
     export = f" incl. ONNX export {artifact.record['export_seconds']:.1f} s" if artifact and artifact.exported else ""
     return (f"predicted {result.predicted}, skipped {result.skipped}, failed {len(failed)}"
             f"{f' ({names})' if failed else ''} | {per_case} | model load {load_seconds:.1f} s{export} | "
-            f"{predictor.mode}, {predictor.backend} {predictor.precision} on {predictor.device}, "
+            f"{predictor.mode}{' whole image' if predictor.mode == 'fastest' and not predictor.localise else ''}, "
+            f"{predictor.backend} {predictor.precision} on {predictor.device}, "
             f"{predictor.num_threads} thread{'s' if predictor.num_threads != 1 else ''}")
 
 

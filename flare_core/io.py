@@ -8,10 +8,12 @@ so a crash never leaves a half-written output behind.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -212,9 +214,24 @@ def atomic_path(path: Path) -> Iterator[Path]:
         # mkstemp creates 0600 files; outputs get the permissions of a plain open().
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
+        _remove_stale_temporaries(path, suffix)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+# A temporary file untouched this long belongs to a writer that died (kill -9
+# mid-write); a live writer touches its file every few seconds at most.
+STALE_TEMPORARY_SECONDS = 600.0
+
+
+def _remove_stale_temporaries(path: Path, suffix: str) -> None:
+    """Delete what killed writers of `path` left behind (`atomic_path`'s names)."""
+    horizon = time.time() - STALE_TEMPORARY_SECONDS
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp{glob.escape(suffix)}"):
+        with contextlib.suppress(OSError):  # another writer's cleanup got there first
+            if leftover.stat().st_mtime < horizon:
+                leftover.unlink()
 
 
 def write_text(text: str, path: Path) -> Path:

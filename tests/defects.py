@@ -6,7 +6,8 @@ returns what the platform must do with each: refuse it at discovery (never a
 partition), at registration (its checks fail, naming the case), or keep it
 out of the student's training set; or take it as a case of its own without
 disturbing any other. Every file is real: gzip streams cut or with a flipped
-bit, NaN voxels, FIFOs, links out of the root, headers claiming 119 GiB.
+bit, NaN / inf voxels, float or misplaced labels, FIFOs, folders, links out of
+the root, headers claiming 119 GiB.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def plant_defects(root: Path, outside: Path) -> dict[str, Expected]:
     image_of("BAD_NEWLINE\n", label=False)
     expected["BAD_NEWLINE\n"] = Expected(DISCOVERY, "characters outside")
     image_of("BAD_EMPTY", b"", label=False)
-    expected["BAD_EMPTY"] = Expected(DISCOVERY, "unreadable NIfTI header")
+    expected["BAD_EMPTY"] = Expected(DISCOVERY, "empty (0 bytes)")
     image_of("BAD_GARBAGE", gzip.compress(b"not a nifti file " * 64), label=False)
     expected["BAD_GARBAGE"] = Expected(DISCOVERY, "unreadable NIfTI header")
     image_of("BAD_HALF", image_bytes[: len(image_bytes) // 2])
@@ -69,6 +70,12 @@ def plant_defects(root: Path, outside: Path) -> dict[str, Expected]:
     expected["BAD_LINK_OUT"] = Expected(DISCOVERY, "outside the data root")
     os.symlink("/dev/zero", layout.train_image("BAD_ZERO"))
     expected["BAD_ZERO"] = Expected(DISCOVERY, "not a regular file")
+    layout.train_image("BAD_FOLDER").mkdir()
+    expected["BAD_FOLDER"] = Expected(DISCOVERY, "not a regular file")
+    label_bytes = donor_label.read_bytes()
+    image_of("BAD_LABEL_HALF", label=False)
+    layout.train_label("BAD_LABEL_HALF").write_bytes(label_bytes[: len(label_bytes) // 2])
+    expected["BAD_LABEL_HALF"] = Expected(DISCOVERY, "incomplete")
 
     # Refused by registration: a partition whose blocking checks fail.
     image_of("BAD_FLIPPED_BIT", _flip(image_bytes, len(image_bytes) // 2))
@@ -81,12 +88,29 @@ def plant_defects(root: Path, outside: Path) -> dict[str, Expected]:
     write_volume(with_nan, geometry, layout.train_image("BAD_NAN"))
     shutil.copy(donor_label, layout.train_label("BAD_NAN"))
     expected["BAD_NAN"] = Expected(REGISTRATION, "non-finite")
+    with_inf = image.astype(np.float32)
+    with_inf[tuple(s // 3 for s in with_inf.shape)] = -np.inf
+    write_volume(with_inf, geometry, layout.train_image("BAD_INF"))
+    shutil.copy(donor_label, layout.train_label("BAD_INF"))
+    expected["BAD_INF"] = Expected(REGISTRATION, "non-finite")
     label, _ = read_volume(donor_label, "FLARE23_0001")
     image_of("BAD_LABEL_17", label=False)
     seventeen = label.copy()
     seventeen.flat[0] = 17
     write_volume(seventeen, geometry, layout.train_label("BAD_LABEL_17"))
     expected["BAD_LABEL_17"] = Expected(REGISTRATION, "17")
+    image_of("BAD_FLOAT_LABEL", label=False)
+    halves = label.astype(np.float32)
+    halves.flat[0] = 0.5
+    write_volume(halves, geometry, layout.train_label("BAD_FLOAT_LABEL"))
+    expected["BAD_FLOAT_LABEL"] = Expected(REGISTRATION, "non-integer")
+    image_of("BAD_GEOMETRY", label=False)
+    moved = type(geometry)(geometry.size, tuple(s * 1.5 for s in geometry.spacing), geometry.origin, geometry.direction)
+    write_volume(label, moved, layout.train_label("BAD_GEOMETRY"))
+    expected["BAD_GEOMETRY"] = Expected(REGISTRATION, "geometry")
+    image_of("BAD_LABEL_OUT", label=False)
+    os.symlink(shutil.copy(donor_label, outside / "elsewhere.nii.gz"), layout.train_label("BAD_LABEL_OUT"))
+    expected["BAD_LABEL_OUT"] = Expected(REGISTRATION, "outside the data root")
     image_of("BAD_CT_AS_LABEL", label=False)
     shutil.copy(donor_image, layout.train_label("BAD_CT_AS_LABEL"))
     expected["BAD_CT_AS_LABEL"] = Expected(REGISTRATION, "label")

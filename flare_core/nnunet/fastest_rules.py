@@ -10,9 +10,13 @@ image's slice axis z first (the predictor reorders the axes when nnU-Net's
 Window grid
     z: nnU-Net's positions (steps of at most `step_fraction` x patch, 0.5 by
     default). In-plane, per axis: one position if the axis fits in a patch,
-    else `inplane_positions` (3) evenly spread positions, more only if three
-    would leave a gap between windows. So a z step is a 3 x 3 grid: one centre
-    window (the middle position on both axes) and 8 outer windows.
+    else `inplane_positions` evenly spread positions, more only if that many
+    would leave a gap between windows. FLARE22 used 3 over the whole field of
+    view, so a z step is a 3 x 3 grid: one centre window (the middle position
+    on both axes) and 8 outer windows. On a volume already cropped to the
+    body (`flare_core.nnunet.body_box`) 2 cover an abdomen: a 2 x 2 grid whose
+    "centre" window is the second position on both axes, holding more than a
+    quarter of the body.
 
 Per z step k (start s_k), in increasing z:
     1. The centre window is predicted first and its argmax taken: its

@@ -1,6 +1,8 @@
 """A run killed with its process (kill -9) is marked failed and its `gpu` pool
-slot freed, so later model steps run instead of waiting forever; live runs
-are left alone. Real Dagster instance (SQLite), real processes."""
+slot freed - by the dead-run sensor's tick under a daemon, by the same
+function before a demo - so later model steps run instead of waiting
+forever; live runs are left alone. Real Dagster instance (SQLite), real
+processes."""
 from __future__ import annotations
 
 import os
@@ -13,7 +15,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus, asset, materialize
+from dagster import DagsterInstance, DagsterRunStatus, asset, build_sensor_context, materialize
+
+from flare_assets.defs.recovery import dead_run_sensor
 
 from flare_assets.run_recovery import process_is_alive, recover_dead_runs
 
@@ -53,7 +57,9 @@ def test_a_killed_run_is_marked_failed_and_its_slot_freed(home, tmp_path):
         holder.wait(timeout=30)
 
         assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.STARTED  # what a kill leaves
-        assert recover_dead_runs(instance) == [run.run_id]
+        # What the daemon does under `dagster dev`: the dead-run sensor's tick.
+        skipped = dead_run_sensor(build_sensor_context(instance=instance))
+        assert run.run_id in skipped.skip_message and "marked 1 runs" in skipped.skip_message
         assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
         assert _gpu_slots_in_use(instance) == 0
 

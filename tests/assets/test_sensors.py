@@ -206,3 +206,27 @@ def test_a_hundred_arrivals_each_get_one_partition_and_one_event(data_root_copy,
     last_burst_half_written = {f"ARRIVAL_{i:03d}" for i in range(80, 100) if i % 7 == 0}
     assert set(reported) == arrivals - last_burst_half_written
     assert all(count == 1 for count in reported.values()), {k: v for k, v in reported.items() if v > 1}
+
+
+def test_a_file_that_vanishes_mid_tick_costs_its_case_not_the_tick(data_root_copy, instance, monkeypatch):
+    """A file listed by the scan and gone when its header is read (a user's
+    `mv` at the wrong moment): that case is reported, every other case added."""
+    from flare_assets import case_discovery
+
+    layout = DataLayout(data_root_copy)
+    vanishing = layout.train_image("FLARE23_0005")
+    real = case_discovery.header_problem
+
+    def header_problem(path):
+        if path == vanishing:
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real(path)
+
+    monkeypatch.setattr(case_discovery, "header_problem", header_problem)
+    result = _tick(training_case_sensor, instance, data_root_copy)
+    added = set(instance.get_dynamic_partitions("training_cases"))
+    assert len(added) == 9 and "FLARE23_0005" not in added
+    found = discover(instance, layout, WorkLayout(data_root_copy.parent / "w2"), "train", cursor=None)
+    assert "FileNotFoundError" in found.problems["FLARE23_0005"]
+    monkeypatch.setattr(case_discovery, "header_problem", real)
+    assert _added(_tick(training_case_sensor, instance, data_root_copy, result.cursor)) == ["FLARE23_0005"]

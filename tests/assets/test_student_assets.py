@@ -59,6 +59,7 @@ def test_predictions_keep_the_exact_geometry_of_every_inference_case(student_sta
         flipped += image_geometry.direction[0] < 0
         meta = latest_metadata(instance, AssetKey("prediction"), case_id)
         assert meta["windows_evaluated"] >= 1 and meta["seconds"] > 0 and meta["peak_memory_mb"] > 0
+        assert 0 < meta["region_fraction"] <= 1
         assert "data:image/png;base64," in meta["preview"]
         assert meta["mode"] == "fastest" and meta["precision"] == "float32"
     assert flipped >= 1, "the phantom gives some inference cases a non-identity direction"

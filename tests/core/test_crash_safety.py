@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -113,3 +114,9 @@ def test_the_cpu_profiles_student_is_reproducible_from_its_seed(tmp_path):
                                         val_iterations=1, seed=7, threads=1))
     _assert_same_weights(summaries[0].checkpoint, summaries[1].checkpoint)
     assert summaries[0].curve.train_loss == summaries[1].curve.train_loss
+    # ... and identical label maps from the two students.
+    from flare_core.nnunet.efficient_predictor import StudentPredictor
+
+    maps = [StudentPredictor.from_results(summary.model_folder, "fast", device="cpu")
+            .predict_case(cases[0].image, cases[0].case_id).label for summary in summaries]
+    np.testing.assert_array_equal(maps[0], maps[1])

@@ -41,6 +41,27 @@ def test_failed_write_keeps_previous_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
 
 
+def test_the_next_write_removes_what_a_killed_writer_left_behind(tmp_path):
+    """kill -9 mid-write leaves atomic_path's temporary file; the next write of
+    the same output deletes it once it is stale, and leaves fresh ones (a live
+    writer's) and other outputs' alone."""
+    import os
+    import time
+
+    from flare_core.io import STALE_TEMPORARY_SECONDS
+
+    dead = tmp_path / ".a.nii.gz.k1ll3d.tmp.nii.gz"
+    live = tmp_path / ".a.nii.gz.w0rk1n.tmp.nii.gz"
+    other = tmp_path / ".b.nii.gz.k1ll3d.tmp.nii.gz"
+    for path in (dead, live, other):
+        path.write_bytes(b"half a volume")
+    old = time.time() - STALE_TEMPORARY_SECONDS - 5
+    for path in (dead, other):
+        os.utime(path, (old, old))
+    write_volume(_label(), GEOMETRY, tmp_path / "a.nii.gz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "a.nii.gz"])
+
+
 def test_write_rejects_shape_that_does_not_match_geometry(tmp_path):
     with pytest.raises(ValueError, match="does not match"):
         write_volume(np.zeros((2, 2, 2), np.uint8), GEOMETRY, tmp_path / "bad.nii.gz")

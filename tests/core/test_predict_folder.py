@@ -94,6 +94,19 @@ def test_every_case_gets_a_label_map_with_its_images_exact_geometry(work_root, i
     assert "s per case" in summary and "model load" in summary
 
 
+def test_whole_image_turns_the_body_box_off(work_root, images, tmp_path, capsys):
+    localised, whole = tmp_path / "localised", tmp_path / "whole"
+    source = ["--model", model_folder(work_root), "--backend", "torch"]
+    assert predict("-i", images, "-o", localised, *source) == 0
+    assert "fastest, torch float32" in capsys.readouterr().out
+    assert predict("-i", images, "-o", whole, *source, "--whole-image") == 0
+    assert "fastest whole image, torch float32" in capsys.readouterr().out
+    for case_id in CASES:  # the same geometry either way
+        a, ga = read_volume(localised / f"{case_id}.nii.gz", case_id)
+        b, gb = read_volume(whole / f"{case_id}.nii.gz", case_id)
+        assert ga == gb and a.shape == b.shape
+
+
 def test_existing_outputs_are_kept_unless_overwrite(work_root, images, tmp_path, capsys):
     out, source = tmp_path / "out", ["--model", model_folder(work_root), "--mode", "stock"]
     assert predict("-i", images, "-o", out, *source) == 0

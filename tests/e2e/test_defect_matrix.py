@@ -124,3 +124,22 @@ def test_names_that_once_collided_are_cases_of_their_own(defect_run):
     assert "organ_fused/FLARE23_0002.partial_fused.png" in previews
     assert (work.root / "predictions" / "FLARE23_0002.nii.gz").is_file()
     assert DataLayout(root).train_image("FLARE23_0001").is_file()
+
+
+def test_the_demo_would_exit_non_zero_naming_every_refused_case_by_stage(defect_run):
+    """What the demo prints and returns after this run: discovery refusals count
+    as failures too, and each failed stage names its cases."""
+    from flare_assets import demo
+
+    reports = list(defect_run["reports"].values())
+    assert demo.exit_status(reports) == 1
+    lines = demo.failure_lines(reports)
+    by_stage = {line.split(":")[1].strip(): line for line in lines}
+    assert {"discovery", "training_case", "inference_case"} <= set(by_stage), lines
+    named = {c for c, e in defect_run["expected"].items() if e.stage == REGISTRATION and e.split == "train"}
+    for case_id in sorted(named)[:demo.NAMED_CASES]:
+        assert case_id in by_stage["training_case"], (case_id, by_stage["training_case"])
+    assert "BADTs_FLIPPED" in by_stage["inference_case"]
+    refused = [c for c, e in defect_run["expected"].items() if e.stage == DISCOVERY]
+    assert f"discovery: {len(defect_run['reports']['discovery'].failed)} (" in by_stage["discovery"]
+    assert len(defect_run["reports"]["discovery"].failed) >= len(refused)

@@ -159,12 +159,27 @@ def _start_demo(tmp_path: Path) -> subprocess.Popen:
                             text=True)
 
 
-def _when_exists(process: subprocess.Popen, pattern: str, root: Path, timeout: float = 600) -> None:
+def _when_exists(process: subprocess.Popen, pattern: str, root: Path, timeout: float = 600,
+                 besides: set[Path] = frozenset()) -> None:
+    """Wait until a file matching `pattern` (other than those in `besides`) exists."""
     deadline = time.monotonic() + timeout
-    while not list(root.glob(pattern)):
+    while not set(root.glob(pattern)) - besides:
         assert process.poll() is None, f"the demo ended before {pattern} appeared: {process.stdout.read()}"
         assert time.monotonic() < deadline, f"{pattern} never appeared"
         time.sleep(0.05)
+
+
+def _kill_when_exists(tmp_path: Path, pattern: str) -> None:
+    """Start the demo, kill -9 it as soon as a new `pattern` file appears, and
+    check that the kill left a run marked as running (a dead run's slot)."""
+    work = tmp_path / "work"
+    before = set(work.glob(pattern))
+    demo = _start_demo(tmp_path)
+    _when_exists(demo, pattern, work, besides=before)
+    demo.send_signal(signal.SIGKILL)
+    demo.wait(timeout=60)
+    with DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
+        assert instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED])), f"kill -9 at {pattern}: no dead run"
 
 
 def _weights_differ(first: Path, second: Path) -> list[str]:
@@ -179,35 +194,37 @@ def _weights_differ(first: Path, second: Path) -> list[str]:
 def _label_maps(work: Path) -> dict[str, np.ndarray]:
     maps = {}
     for folder in ("tumor_pseudo_labels", "organ_fused_labels", "predictions"):
-        for path in sorted((work / folder).glob("*.nii.gz")):
+        # not the dot-named temporary files a kill mid-write leaves (removed once stale)
+        for path in sorted((work / folder).glob("[!.]*.nii.gz")):
             maps[f"{folder}/{path.name}"] = read_volume(path, path.name)[0]
     return maps
 
 
 def test_a_demo_stopped_by_sigterm_or_killed_resumes_to_the_uninterrupted_results(demo_once, tmp_path):
-    """SIGTERM while pseudo-labels are written: the demo stops after that step
-    and says so (exit 143). kill -9 while the student trains: its run still
-    holds the `gpu` slot. The next demo frees it and finishes; every pseudo-label
-    and fused label equals the uninterrupted demo's (same data, same seed), and so,
-    all but a tolerance, does every prediction."""
+    """kill -9 while tumor pseudo-labels are written; SIGTERM while fused labels
+    are written (the demo stops after that step and says so, exit 143); kill -9
+    while the student trains and while predictions are written. Each kill
+    leaves a run holding the `gpu` slot; the next demo frees it and goes on.
+    The last demo finishes; every pseudo-label and fused label equals the
+    uninterrupted demo's (same data, same seed), and so, all but a tolerance,
+    does every prediction."""
     _fresh_home(tmp_path)
     work = tmp_path / "work"
+    _kill_when_exists(tmp_path, "tumor_pseudo_labels/*.nii.gz")
+
+    fused_before = set(work.glob("organ_fused_labels/*.nii.gz"))
     demo = _start_demo(tmp_path)
-    _when_exists(demo, "tumor_pseudo_labels/*.nii.gz", work)
+    _when_exists(demo, "organ_fused_labels/*.nii.gz", work, besides=fused_before)
     demo.send_signal(signal.SIGTERM)
-    console = demo.communicate(timeout=120)[0]
+    console = demo.communicate(timeout=180)[0]
     assert demo.returncode == 143, console
-    assert "stopped by SIGTERM during tumor_pseudo_label" in console, console
+    assert re.search(r"stopped by SIGTERM during (fused_labels|organ_fused_label)", console), console
     assert not re.search(r"^\[ *\d+\] student_plans", console, re.M), "the demo carried on after SIGTERM"
     with DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
         assert not instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED])), "a run was left running"
 
-    demo = _start_demo(tmp_path)
-    _when_exists(demo, "nnUNet_results/Dataset502_*/*/fold_all/*.pth", work)
-    demo.send_signal(signal.SIGKILL)
-    demo.wait(timeout=60)
-    with DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
-        assert instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED])), "kill -9 left no dead run"
+    _kill_when_exists(tmp_path, "nnUNet_results/Dataset502_*/*/fold_all/*.pth")
+    _kill_when_exists(tmp_path, "predictions/*.nii.gz")
 
     finished = run_demo(tmp_path)
     console = finished.stdout + finished.stderr

@@ -45,7 +45,7 @@ def inference_backend() -> str:
 
 
 def inference_precision() -> str:
-    """The student's precision on the CPU: float32, or bfloat16 (torch backend; fast on native-bf16 CPUs)."""
+    """The student's precision on the CPU: float32, bfloat16 (torch backend; fast on native-bf16 CPUs) or auto."""
     return os.environ.get("FLARE_INFERENCE_PRECISION", "float32")
 
 

@@ -2,7 +2,7 @@
 
     flare predict -i IMAGES_DIR -o OUT_DIR (--model RESULTS_FOLDER | --work-root W)
                   [--mode fastest|fast|stock] [--device auto|cpu|cuda] [--threads N]
-                  [--backend auto|torch|onnx] [--precision float32|bfloat16] [--whole-image]
+                  [--backend auto|torch|onnx] [--precision auto|float32|bfloat16] [--whole-image]
                   [--overwrite]
 
 Exit status: 0 when every case was predicted or skipped, 1 when any case
@@ -25,7 +25,7 @@ log = logging.getLogger("flare_core.cli")
 
 MODES = ("fastest", "fast", "stock")  # as efficient_predictor.MODES, which imports torch
 BACKENDS = ("auto", "torch", "onnx")
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "bfloat16", "auto")
 EXIT_OK, EXIT_CASES_FAILED, EXIT_NOT_STARTED, EXIT_INTERRUPTED = 0, 1, 2, 130
 LISTED_FAILURES = 5
 
@@ -76,10 +76,11 @@ def _add_predict(commands) -> None:
                          help="how fast/fastest run the network: torch, or onnx (onnxruntime on the CPU, from "
                               "an ONNX export made once beside the checkpoint); auto: onnx on the CPU, torch "
                               "on CUDA; stock always runs torch (default: %(default)s)")
-    predict.add_argument("--precision", choices=PRECISIONS, default="float32",
-                         help="the network's precision on the CPU: float32, or bfloat16 autocast (torch backend; "
+    predict.add_argument("--precision", choices=PRECISIONS, default="auto",
+                         help="the network's precision on the CPU: float32, bfloat16 autocast (torch backend; "
                               "about 2x faster on CPUs with AVX-512 BF16 / AMX, slower elsewhere; small classes "
-                              "can differ from float32) (default: %(default)s)")
+                              "can differ from float32), or auto: bfloat16 where the CPU has it natively and "
+                              "--backend is not onnx, else float32 (default: %(default)s)")
     predict.add_argument("--whole-image", dest="localise", action="store_false",
                          help="fastest over the whole field of view on FLARE22's 3 x 3 grid, without first "
                               "cropping to the body")

@@ -23,10 +23,11 @@ beside the checkpoint (backend `onnx`, `flare_core.nnunet.onnx_export`);
 predictor and always runs torch.
 
 Precision (`PRECISIONS`): on the CPU the torch backend runs in `float32`, or
-in `bfloat16` autocast (opt-in: about 2x faster on CPUs with native bfloat16,
+in `bfloat16` autocast (about 2x faster on CPUs with native bfloat16,
 AVX-512 BF16 / AMX, and slower elsewhere; labels of small classes can differ
-from float32's, see the README's figures). On CUDA the network always runs
-in float16 autocast.
+from float32's, see the README's figures). `auto` takes bfloat16 where the
+CPU has it natively and the mode and backend allow it, float32 otherwise.
+On CUDA the network always runs in float16 autocast.
 
 In every mode the image is first reoriented to the model's orientation
 (`LoadedStudent.orientation`, from the model folder's dataset.json; a model
@@ -70,7 +71,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("stock", "fast", "fastest")
 BACKENDS = ("auto", "torch", "onnx")
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "bfloat16", "auto")
 
 
 @dataclass
@@ -393,6 +394,8 @@ def resolve_precision(precision: str, mode: str, backend: str, device: torch.dev
     """The network's precision on the CPU (`PRECISIONS`); `float16` on CUDA whatever is asked."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        precision = _automatic_precision(mode, backend, device)
     if precision == "float32" or device.type != "cpu":
         return "float16" if device.type == "cuda" else precision
     if mode == "stock":
@@ -404,6 +407,16 @@ def resolve_precision(precision: str, mode: str, backend: str, device: torch.dev
     if not cpu_has_native_bfloat16():
         log.warning("this CPU has no native bfloat16 (AVX-512 BF16 / AMX): bfloat16 will be slower than float32")
     return precision
+
+
+def _automatic_precision(mode: str, backend: str, device: torch.device) -> str:
+    """bfloat16 where it is fast and allowed (a CPU with native bfloat16, not
+    stock, not an explicit onnx backend), float32 elsewhere."""
+    from flare_core.nnunet.environment import cpu_has_native_bfloat16
+
+    if device.type != "cpu" or mode == "stock" or backend == "onnx" or not cpu_has_native_bfloat16():
+        return "float32"
+    return "bfloat16"
 
 
 def slab_order(transpose_forward: Sequence[int]) -> tuple[int, int, int]:

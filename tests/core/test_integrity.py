@@ -150,3 +150,35 @@ def test_a_checkpoint_with_a_pickled_payload_is_refused_unrun(tmp_path):
     torch.save({"network_weights": {"w": torch.ones(2)}, "_best_ema": np.float64(0.5),
                 "logging": {"mean_fg_dice": [np.float32(0.25)]}, "current_epoch": 3}, whole)
     assert read_checkpoint(whole)["_best_ema"] == 0.5
+
+
+def test_a_huge_claimed_size_is_refused_by_registration_before_any_allocation(tmp_path):
+    """A header claiming 4000^3 int16 voxels (119 GiB) over a tiny body: refused
+    with the size, from the header alone (a read would need 119 GiB)."""
+    import nibabel
+
+    header = nibabel.Nifti1Image(np.zeros((2, 2, 2), np.int16), np.eye(4)).header
+    header.set_data_shape((4000, 4000, 4000))
+    path = tmp_path / "huge.nii.gz"
+    path.write_bytes(gzip.compress(header.binaryblock + b"\0" * 516))
+    with pytest.raises(CaseError, match=r"claims 4000 x 4000 x 4000 .*119\.2 GiB.*refused before reading"):
+        verify_whole(path, "huge")
+
+
+def test_a_gzip_bomb_is_refused_as_it_inflates(tmp_path):
+    """A valid 8 x 16 x 16 header followed by 128 MiB of zeros that gzip
+    squeezes to a few hundred KB: refused once it inflates past what the header
+    needs (4 KB plus 1 MiB of slack), long before it is all inflated."""
+    import nibabel
+
+    header = nibabel.Nifti1Image(np.zeros((16, 16, 8), np.int16), np.eye(4)).header
+    body = header.binaryblock + b"\0" * 4
+    path = tmp_path / "bomb.nii.gz"
+    with gzip.open(path, "wb", compresslevel=9) as stream:
+        stream.write(body)
+        zeros = b"\0" * (1 << 24)
+        for _ in range(8):
+            stream.write(zeros)
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(CaseError, match="inflates past the .* bytes its header needs"):
+        verify_whole(path, "bomb")

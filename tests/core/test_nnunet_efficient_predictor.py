@@ -209,6 +209,22 @@ def test_bfloat16_on_the_cpu_agrees_with_float32_and_says_so(results_folder, pre
     assert auto.backend == "torch", "bfloat16 runs in torch, so auto picks it"
 
 
+@pytest.mark.parametrize("mode,backend,native,expected", [
+    ("fastest", "auto", True, ("torch", "bfloat16")),
+    ("fastest", "auto", False, ("onnx", "float32")),
+    ("fast", "torch", True, ("torch", "bfloat16")),
+    ("fast", "onnx", True, ("onnx", "float32")),
+    ("stock", "torch", True, ("torch", "float32")),
+])
+def test_automatic_precision_takes_bfloat16_only_where_it_is_native_and_allowed(
+        results_folder, monkeypatch, mode, backend, native, expected):
+    from flare_core.nnunet import environment
+
+    monkeypatch.setattr(environment, "cpu_has_native_bfloat16", lambda: native)  # the CPU's flags, either way
+    predictor = StudentPredictor.from_results(results_folder, mode, device="cpu", backend=backend, precision="auto")
+    assert (predictor.backend, predictor.precision) == expected
+
+
 @pytest.mark.parametrize("mode,backend,precision,problem", [
     ("fast", "onnx", "bfloat16", "onnx backend runs float32"),
     ("stock", "torch", "bfloat16", "stock is nnU-Net's own float32"),

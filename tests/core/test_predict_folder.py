@@ -20,6 +20,7 @@ import pytest
 from flare_core import cli
 from flare_core.io import file_sha256, read_geometry, read_volume, write_volume
 from flare_core.nnunet import efficient_predictor
+from flare_core.nnunet.environment import cpu_has_native_bfloat16
 from flare_core.nnunet.trained_student import student_record_path
 from flare_core.predict_folder import list_cases
 from tests.core.fresh_student import fresh_dataset_json, fresh_plans, write_checkpoint, write_fresh_student
@@ -90,13 +91,15 @@ def test_every_case_gets_a_label_map_with_its_images_exact_geometry(work_root, i
         assert label.dtype == np.uint8 and label.max() <= 14
     assert read_geometry(out / "toy_b.nii.gz", "toy_b").direction == RAS_LIKE
     summary = capsys.readouterr().out.strip().splitlines()[-1]
-    assert summary.startswith("predicted 3, skipped 0, failed 0 |") and "fastest, onnx float32 on cpu" in summary
+    # the default --precision auto: bfloat16 in torch where the CPU has it natively, else float32 on onnx
+    default = "torch bfloat16" if cpu_has_native_bfloat16() else "onnx float32"
+    assert summary.startswith("predicted 3, skipped 0, failed 0 |") and f"fastest, {default} on cpu" in summary
     assert "s per case" in summary and "model load" in summary
 
 
 def test_whole_image_turns_the_body_box_off(work_root, images, tmp_path, capsys):
     localised, whole = tmp_path / "localised", tmp_path / "whole"
-    source = ["--model", model_folder(work_root), "--backend", "torch"]
+    source = ["--model", model_folder(work_root), "--backend", "torch", "--precision", "float32"]
     assert predict("-i", images, "-o", localised, *source) == 0
     assert "fastest, torch float32" in capsys.readouterr().out
     assert predict("-i", images, "-o", whole, *source, "--whole-image") == 0
@@ -127,7 +130,7 @@ def test_a_corrupt_image_is_named_and_the_others_are_written(work_root, images_w
                                                             caplog, capsys):
     out = tmp_path / "out"
     code = predict("-i", images_with_a_corrupt_one, "-o", out, "--model", model_folder(work_root),
-                   "--mode", "fast", "--backend", "torch")
+                   "--mode", "fast", "--backend", "torch", "--precision", "float32")
     assert code == 1
     assert sorted(p.name for p in out.iterdir()) == [f"{c}.nii.gz" for c in CASES]
     assert "broken failed: broken_0000.nii.gz is truncated" in caplog.text

@@ -62,11 +62,10 @@ def _largest_component_box(mask: np.ndarray) -> list[tuple[int, int]] | None:
     there is no region or the region fills the whole grid."""
     if not mask.any() or mask.all():
         return None
-    components, count = ndimage.label(mask)
+    components, _ = ndimage.label(mask)
     sizes = np.bincount(components.ravel())
     sizes[0] = 0
-    largest = int(sizes.argmax())
-    slices = ndimage.find_objects((components == largest).astype(np.uint8))[0]
+    slices = ndimage.find_objects(components)[int(sizes.argmax()) - 1]  # entry i is label i + 1
     return [(s.start, s.stop) for s in slices]
 
 

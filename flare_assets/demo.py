@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from flare_assets import console, interruption, settings
+from flare_core.phantom import SIZES
 
 log = logging.getLogger("flare.demo")
 
@@ -43,6 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--train", type=int, default=16, help="training cases to generate for the demo")
     parser.add_argument("--infer", type=int, default=4, help="inference cases to generate for the demo")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", default="small", choices=sorted(SIZES),
+                        help="phantom grid of a generated data set: small (~4 mm, the default), tiny (~6 mm, "
+                             "the tests') or full (FLARE's 512 x 512)")
     return parser.parse_args(argv)
 
 
@@ -71,8 +75,8 @@ def ensure_demo_data(args: argparse.Namespace) -> str | None:
 
     log.info("generating a synthetic FLARE-like data set in %s", root)
     started = time.perf_counter()
-    generate_dataset(root, size="tiny", seed=args.seed, n_train=args.train, n_infer=args.infer)
-    return (f"generated a synthetic data set: {args.train} training and {args.infer} inference cases "
+    generate_dataset(root, size=args.size, seed=args.seed, n_train=args.train, n_infer=args.infer)
+    return (f"generated a synthetic {args.size} data set: {args.train} training and {args.infer} inference cases "
             f"({time.perf_counter() - started:.1f} s)")
 
 

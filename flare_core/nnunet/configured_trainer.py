@@ -9,7 +9,8 @@ exactly how its model was trained. The constructor keeps nnU-Net's signature
 Changes to stock nnU-Net, each only when the settings ask for it:
 - epochs, iterations, learning rate, weight decay, momentum, oversampling;
 - the optimizer (nnU-Net's SGD, or AdamW) and class-weighted cross-entropy
-  (weights from the training set's class frequencies, see class_balance.py);
+  (weights from the training set's class frequencies, see class_balance.py),
+  optionally annealed to plain cross-entropy by the last epoch;
 - bfloat16 autocast for training on CPUs that have native bfloat16 (nnU-Net
   uses mixed precision on CUDA only);
 - elastic deformation: nnU-Net v2's SpatialTransform supports it but the
@@ -112,11 +113,28 @@ class ConfiguredTrainer(nnUNetTrainer):
             if not isinstance(compound, DC_and_CE_loss):
                 raise RuntimeError(f"class-weighted CE needs nnU-Net's DC_and_CE_loss, got {type(compound).__name__}")
             num_classes = self.label_manager.num_segmentation_heads
-            weights = class_weights(class_frequencies(self.preprocessed_dataset_folder, num_classes), power)
+            self._class_frequencies = class_frequencies(self.preprocessed_dataset_folder, num_classes)
+            weights = class_weights(self._class_frequencies, power)
             log.info("cross-entropy class weights (power %.2f): %s", power, np.round(weights, 2).tolist())
             compound.ce = RobustCrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=self.device),
                                                  ignore_index=compound.ce.ignore_index)
+            self._weighted_ce = compound.ce
         return loss
+
+    def class_weight_power(self, epoch: int) -> float:
+        """The CE class-weight power at `epoch`: constant, or falling linearly to 0 at the last epoch."""
+        s = self.flare_settings
+        if not s.ce_class_weight_anneal:
+            return s.ce_class_weight_power
+        return s.ce_class_weight_power * max(0.0, 1.0 - epoch / max(1, self.num_epochs - 1))
+
+    def on_epoch_start(self):
+        ce = getattr(self, "_weighted_ce", None)
+        if ce is not None and self.flare_settings.ce_class_weight_anneal:
+            # Set from the epoch number alone, so a resumed run continues the same schedule.
+            weights = class_weights(self._class_frequencies, self.class_weight_power(self.current_epoch))
+            ce.weight.copy_(torch.as_tensor(weights, dtype=ce.weight.dtype))
+        super().on_epoch_start()
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         rotation, dummy_2d, initial_patch, mirror_axes = \

@@ -71,6 +71,12 @@ class TrainingSettings:
     # share of the voxels, so small organs are learned one after another in
     # order of size; 0.5 lets them all start together.
     ce_class_weight_power: float = 0.0
+    # Lower that power linearly to 0 over the epochs, so that the last epochs
+    # train on nnU-Net's plain cross-entropy. Weighted CE moves every decision
+    # boundary towards the rarer class: a net that ends weighted over-segments
+    # small organs and marks stray tumor voxels, and under FLARE's rules one
+    # stray tumor voxel in a tumor-free case scores that case 0.
+    ce_class_weight_anneal: bool = False
     # Train in bfloat16 autocast on CPUs with native bfloat16 (AVX-512 BF16 or
     # AMX): about half the seconds per iteration. Ignored on other devices,
     # where nnU-Net's own mixed precision applies.

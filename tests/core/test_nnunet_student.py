@@ -98,6 +98,27 @@ def test_cpu_regime_trains_with_adamw_and_class_weighted_cross_entropy(student):
     assert isinstance(sgd.optimizer, torch.optim.SGD) and sgd.loss.loss.ce.weight is None
 
 
+def test_annealed_class_weights_fall_to_plain_cross_entropy_by_the_last_epoch(student):
+    trainer = _trainer(student, num_epochs=5, ce_class_weight_power=0.5, ce_class_weight_anneal=True)
+    trainer.initialize()
+    ce = trainer.loss.loss.ce
+    seen = []
+    for epoch in range(5):
+        trainer.current_epoch = epoch
+        trainer.on_epoch_start()
+        seen.append(ce.weight.clone())
+    assert [trainer.class_weight_power(e) for e in range(5)] == pytest.approx([0.5, 0.375, 0.25, 0.125, 0.0])
+    assert seen[0][1] > seen[2][1] > seen[4][1]  # the liver's extra weight fades...
+    present = seen[4] > 0
+    assert torch.allclose(seen[4][present], torch.ones_like(seen[4][present]))  # ...to unweighted CE
+    constant = _trainer(student, num_epochs=5, ce_class_weight_power=0.5)
+    constant.initialize()
+    first = constant.loss.loss.ce.weight.clone()
+    constant.current_epoch = 4
+    constant.on_epoch_start()
+    assert torch.equal(constant.loss.loss.ce.weight, first)
+
+
 def test_student_augmentation_has_elastic_deformation_and_no_mirroring(student):
     work, name = student["work"], student["name"]
     plans = json.loads(student["small"].plans_path.read_text())

@@ -32,7 +32,7 @@ def _demo_command(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home"), "FLARE_PROFILE": "test",
            "FLARE_DEVICE": "cpu", "FLARE_DATA_ROOT": str(tmp_path / "data")}
     command = [sys.executable, "-m", "flare_assets.demo", "--work-root", str(tmp_path / "work"),
-               "--train", "6", "--infer", "1"]
+               "--train", "6", "--infer", "1", "--size", "tiny"]
     return command, env
 
 

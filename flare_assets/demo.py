@@ -1,10 +1,11 @@
 """The demo: run the platform end to end on an embedded default.
 
-    python -m flare_assets.demo [--data-root DIR] [--work-root DIR] [--profile cpu]
+    python -m flare_assets.demo [--data-root DIR] [--work-root DIR] [--profile cpu] [--size small]
 
 Without --data-root it generates a FLARE-like synthetic data set (once) under
-./demo/data. It uses the Dagster instance in $DAGSTER_HOME (default: a
-project-local ./dagster_home with SQLite storage), so everything it
+./demo/data, by default on the ~4 mm `small` phantom grid. It uses the Dagster
+instance in $DAGSTER_HOME (default: a project-local ./dagster_home with SQLite
+storage), so everything it
 materializes is visible afterwards in `dagster dev`. It runs the graph by the
 same automation conditions the daemon evaluates (`flare_assets.pipeline`), so
 running it again, or opening `dagster dev` afterwards, does no work that is

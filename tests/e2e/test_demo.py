@@ -2,6 +2,7 @@
 console, one line per stage, the results table at the end, and all library
 chatter in the log file the console names. Then a real `dagster dev` with its
 daemon on the same instance and roots finds nothing to do."""
+import json
 import os
 import re
 import shutil
@@ -68,6 +69,8 @@ def test_demo_prints_stages_and_results_and_keeps_the_rest_in_its_log(demo_once)
                           ("evaluation", "evaluation_summary")]:
         assert stages.index(before) < stages.index(after), console
     assert re.search(r"teacher_weights +trained 2 epochs", console), console
+    assert "generated a synthetic tiny data set: 6 training and 1 inference cases" in console, console
+    assert json.loads((tmp_path / "data" / "phantom.json").read_text())["size"] == "tiny"  # --size reached it
     # The results table: a column per source, a row per class, and the tumor pseudo-labels' detection.
     assert re.search(r"^DSC / NSD +student +organ pseudo +partial-fused +organ-fused$", console, re.M), console
     assert re.search(r"^liver( +\d\.\d\d/\d\.\d\d){4}$", console, re.M), console

@@ -8,6 +8,7 @@ give them (manifest digest, checkpoint hash): the rules are about when work
 is due, and training is tested elsewhere.
 """
 import datetime
+import time
 
 import pytest
 from dagster import AssetKey, AssetMaterialization, evaluate_automation_conditions
@@ -137,18 +138,33 @@ def test_a_new_teacher_refreshes_every_case_it_labelled(automation):
     assert requested.get("tumor_pseudo_label") == cases
 
 
+def _just_before_the_next_cron_tick() -> datetime.datetime:
+    """One minute before the next 02:00 (the default retraining cron) after now.
+
+    The models were trained at the wall-clock time; a tick between then and the
+    test's first evaluation would already be pending, so the test starts before
+    the next tick (waiting out the last two minutes before one)."""
+    now = datetime.datetime.now()
+    tick = now.replace(hour=2, minute=0, second=0, microsecond=0)
+    if tick <= now:
+        tick += datetime.timedelta(days=1)
+    if tick - now < datetime.timedelta(minutes=2):
+        time.sleep((tick - now).total_seconds() + 1)
+        return _just_before_the_next_cron_tick()
+    return tick - datetime.timedelta(minutes=1)
+
+
 def test_models_retrain_on_the_cron_tick_and_only_when_their_training_set_changed(automation):
     _train_teacher(automation)
-    tomorrow = datetime.datetime.now() + datetime.timedelta(days=1)
-    before_tick = tomorrow.replace(hour=1, minute=0, second=0, microsecond=0)
+    before_tick = _just_before_the_next_cron_tick()  # no tick between the teacher's training and here
     automation.now = before_tick
     automation.tick()
     automation.report("tumor_subset", version="subset-2")  # the tumor pool grew
     assert "teacher_plans" not in automation.tick(), "no retraining between cron ticks"
-    automation.now = before_tick.replace(hour=2, minute=1)
+    automation.now = before_tick + datetime.timedelta(minutes=2)
     assert "teacher_plans" in automation.tick(), "the cron tick retrains on the changed pool"
     automation.report("teacher_plans", version="plans-2")
-    automation.now = before_tick + datetime.timedelta(days=1, hours=1, minutes=1)
+    automation.now = before_tick + datetime.timedelta(days=1, minutes=2)
     automation.report("tumor_subset", version="subset-2")  # recomputed, same manifest digest
     assert "teacher_plans" not in automation.tick(), "same training set: no retraining on the next tick"
 

@@ -30,7 +30,8 @@ NNUNET_RECIPE = dict(optimizer="sgd", initial_lr=1e-2, weight_decay=3e-5, ce_cla
 
 def _settings(**training) -> StudentSettings:
     base = get_profile("cpu").student
-    plan = replace(base.plan, features_per_stage=(8, 16, 32, 64), n_conv_per_stage=2, n_conv_per_stage_decoder=2)
+    plan = replace(base.plan, patch_size=(32, 48, 48), features_per_stage=(8, 16, 32, 64), n_conv_per_stage=2,
+                   n_conv_per_stage_decoder=2)
     return StudentSettings(plan=plan, training=TrainingSettings(
         num_epochs=10, iterations_per_epoch=12, val_iterations_per_epoch=1, mirroring=False, save_every=100,
         plot_every=1000, cpu_bfloat16=True, **training))

@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from flare_core import labels as L  # noqa: E402
 from flare_core.io import read_label  # noqa: E402
+from flare_core.label_quality import TumorDetection  # noqa: E402
 from flare_core.layout import DataLayout  # noqa: E402
 from flare_core.nnunet.profiles import CPU  # noqa: E402
 from flare_core.nnunet.settings import TeacherSettings  # noqa: E402
@@ -73,7 +74,7 @@ def scored_cases(run: Path) -> list[tuple[str, Path, Path]]:
 
 
 def marked_components(mask: np.ndarray, truth: np.ndarray) -> list[list[int]]:
-    """[size, ground-truth class under most of it] per connected component of `mask`."""
+    """[size, ground-truth class under most of it] per face-connected component of `mask`."""
     components, count = ndimage.label(mask)
     rows = []
     for index, box in enumerate(ndimage.find_objects(components), start=1):
@@ -92,19 +93,19 @@ def run_variant(name: str, training: dict, plan: dict, run: Path, scratch: Path)
     summary = train(work, DATASET, settings, "cpu", seed=0)
     seconds = time.perf_counter() - start
     predictor = TumorPredictor.from_results(model_folder(work, DATASET, settings), "cpu")
-    tp = fp = fn = clean = tumor_free = 0
-    cases = {}
+    pooled, clean, tumor_free, cases = TumorDetection(cases=0), 0, 0, {}
     for case, image, truth_path in scored_cases(run):
         truth, _ = read_label(truth_path, case)
         marked = predictor.predict_case(image, case)[0] > 0
         real = truth == L.TUMOR
-        tp, fp, fn = tp + int((marked & real).sum()), fp + int((marked & ~real).sum()), fn + int((~marked & real).sum())
+        pooled += TumorDetection.of(marked, real)
         if not real.any():
             tumor_free, clean = tumor_free + 1, clean + int(not marked.any())
         cases[case] = {"tumor_voxels": int(real.sum()), "marked_components": marked_components(marked, truth)}
     result = {"training_changes": training, "plan_changes": plan, "train_seconds": round(seconds, 1),
               "final_pseudo_dice": round(summary.final_pseudo_dice, 3),
-              "voxel_precision": round(tp / max(1, tp + fp), 3), "voxel_recall": round(tp / max(1, tp + fn), 3),
+              "voxel_precision": round(pooled.voxel_precision or 0.0, 3),
+              "voxel_recall": round(pooled.voxel_recall or 0.0, 3),
               "tumor_free_cases_clean": f"{clean} of {tumor_free}", "cases": cases}
     log.info("%s: precision %.3f recall %.3f, %s tumor-free cases clean, %.0f s", name,
              result["voxel_precision"], result["voxel_recall"], result["tumor_free_cases_clean"], seconds)

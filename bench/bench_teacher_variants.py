@@ -15,11 +15,9 @@ voxels belong to (14 = a real lesion, 9 = the gallbladder, ...).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -29,8 +27,10 @@ from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 from flare_core import labels as L  # noqa: E402
+from variant_runs import measure_variants  # noqa: E402
 from flare_core.io import read_label  # noqa: E402
 from flare_core.label_quality import TumorDetection  # noqa: E402
 from flare_core.layout import DataLayout  # noqa: E402
@@ -54,6 +54,11 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "no_elastic_deformation": ({"elastic_probability": 0.0}, {}),
     "no_elastic_twice_the_epochs": ({"elastic_probability": 0.0,
                                      "num_epochs": 2 * CPU.teacher.training.num_epochs}, {}),
+    "batch_8": ({}, {"batch_size": 8}),
+    "five_stages": ({}, {"n_stages": 5, "max_features": 128}),
+    "lr_1e-3": ({"initial_lr": 1e-3}, {}),
+    "half_the_patches_on_tumor": ({"oversample_foreground": 0.5}, {}),
+    "a_tenth_of_the_patches_on_tumor": ({"oversample_foreground": 0.1}, {}),
 }
 
 
@@ -121,15 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     results = {"run": args.run.name, "scored_cases": [c for c, _, _ in scored_cases(args.run)], "variants": {}}
-    if args.out.is_file():  # variants measured earlier on the same run are kept; named ones are measured again
-        earlier = json.loads(args.out.read_text())
-        if earlier.get("scored_cases") == results["scored_cases"]:
-            results["variants"] = earlier.get("variants", {})
-    with tempfile.TemporaryDirectory(prefix="flare-teacher-variants-") as scratch:
-        for name in args.variants:
-            results["variants"][name] = run_variant(name, *VARIANTS[name], args.run, Path(scratch))
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(results, indent=1) + "\n")
+    measure_variants(args.out, results, lambda earlier: earlier.get("scored_cases") == results["scored_cases"],
+                     args.variants, lambda name, scratch: run_variant(name, *VARIANTS[name], args.run, scratch),
+                     "flare-teacher-variants-")
     log.info("wrote %s", args.out)
     return 0
 

@@ -1,0 +1,112 @@
+"""Which student training gives the most held-out DSC for the demo's seconds?
+
+    python bench/bench_method.py --no-ablation --keep RUN   # once: data, fused labels, held-out set
+    python bench/bench_student_variants.py --run RUN --method RUN_METHOD_JSON --out bench/results/student_variants.json
+
+Retrains the `cpu` student on the organ-fused dataset a kept `bench_method.py`
+run exported (its `work/nnUNet_raw` / `nnUNet_preprocessed`, copied to a
+scratch work root per variant; the run is not touched), once per variant
+below, with the demo's seed, and lets each predict the run's extended held-out
+set (`RUN/held_out`, made by `bench_method.py --held-out`) in the demo's
+`fastest` mode. Reports per-class DSC / NSD, per-case tumor DSC and training
+seconds beside the demo's own student and the held-out cases' organ
+pseudo-labels (both scored by bench_method.py, read from its --method file).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_method import predict_folder, score_folder  # noqa: E402
+from flare_core.layout import DataLayout  # noqa: E402
+from variant_runs import measure_variants  # noqa: E402
+from flare_core.nnunet.profiles import CPU  # noqa: E402
+from flare_core.nnunet.settings import StudentSettings  # noqa: E402
+from flare_core.nnunet.training import model_folder, train  # noqa: E402
+
+log = logging.getLogger("bench.student_variants")
+DATASET = "Dataset502_FLARE23Student"
+DEMO_SEED = 0  # flare_assets.resources' default run seed
+_CPU_TRAINING = CPU.student.training
+
+# name -> (training changes, plan changes) relative to the cpu profile's student
+VARIANTS: dict[str, tuple[dict, dict]] = {
+    "cpu": ({}, {}),
+    # One case per iteration costs half the seconds (0.27 vs 0.55 s for the
+    # network's step here), so twice the iterations fit the same time.
+    "batch_1_twice_the_iterations": ({"iterations_per_epoch": 2 * _CPU_TRAINING.iterations_per_epoch},
+                                     {"batch_size": 1}),
+    "constant_ce_weights": ({"ce_class_weight_anneal": False}, {}),
+}
+
+
+def variant_settings(training: dict, plan: dict) -> StudentSettings:
+    student = CPU.student
+    return replace(student, training=replace(student.training, **training), plan=replace(student.plan, **plan))
+
+
+def run_variant(name: str, training: dict, plan: dict, run: Path, scratch: Path) -> dict:
+    """Plans are edited, not re-planned: the batch size lives in the plans and
+    every other value stays the run's, so only the named change differs."""
+    work = scratch / name
+    for sub in ("nnUNet_raw", "nnUNet_preprocessed"):
+        shutil.copytree(run / "work" / sub / DATASET, work / sub / DATASET)
+    settings = variant_settings(training, plan)
+    if "batch_size" in plan:
+        _set_batch_size(work / "nnUNet_preprocessed" / DATASET, plan["batch_size"])
+    start = time.perf_counter()
+    summary = train(work, DATASET, settings, "cpu", seed=DEMO_SEED)
+    seconds = time.perf_counter() - start
+    held_out = DataLayout(run / "held_out" / "data")
+    predicted = scratch / f"{name}_predictions"
+    predict_folder(model_folder(work, DATASET, settings), held_out, predicted, "fastest")
+    scores = score_folder(predicted, held_out)
+    per_class = scores["per_class"]
+    log.info("%s: organ DSC %.4f, tumor DSC %.4f on %d cases, %.0f s", name, per_class["organs mean"]["dsc"],
+             per_class["tumor"]["dsc"], scores["cases"], seconds)
+    return {"training_changes": training, "plan_changes": plan, "train_seconds": round(seconds, 1),
+            "final_pseudo_dice": round(summary.final_pseudo_dice, 3), "fastest": scores}
+
+
+def _set_batch_size(preprocessed: Path, batch_size: int) -> None:
+    for plans_file in preprocessed.glob("*Plans*.json"):
+        plans = json.loads(plans_file.read_text())
+        for configuration in plans["configurations"].values():
+            configuration["batch_size"] = batch_size
+        plans_file.write_text(json.dumps(plans, indent=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, required=True, help="a folder kept by bench_method.py --keep")
+    parser.add_argument("--method", type=Path, required=True, help="bench_method.py's output for that run")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "student_variants.json")
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="the variants to measure (default: all)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    method = json.loads(args.method.read_text())
+    held_out = method["held_out_extended"]
+    results = {"run": args.run.name, "seed": method["seed"], "held_out_cases": held_out["cases"],
+               "demo_student_fastest": held_out["student_fastest"],
+               "organ_pseudo_labels": held_out["organ_pseudo_labels"], "variants": {}}
+    measure_variants(args.out, results,
+                     lambda earlier: (earlier.get("run"), earlier.get("seed")) == (results["run"], results["seed"]),
+                     args.variants, lambda name, scratch: run_variant(name, *VARIANTS[name], args.run, scratch),
+                     "flare-student-variants-")
+    log.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

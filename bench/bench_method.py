@@ -86,17 +86,19 @@ def training_label_scores(data: DataLayout, work: WorkLayout) -> dict:
             "tumor_pseudo_label_voxels": _pooled_detection(tumor_detection)}
 
 
-def _tumor_detection(pseudo: Path, truth: Path, case: str) -> dict:
+def _tumor_detection(pseudo: Path, truth: Path, case: str) -> quality.TumorDetection:
     mask, _ = read_label(pseudo, case)
     gt, _ = read_label(truth, case)
-    marked, real = mask > 0, gt == L.TUMOR
-    return {"tp": int((marked & real).sum()), "fp": int((marked & ~real).sum()), "fn": int((~marked & real).sum())}
+    return quality.TumorDetection.of(mask, gt == L.TUMOR)
 
 
-def _pooled_detection(counts: list[dict]) -> dict:
-    tp, fp, fn = (sum(c[k] for c in counts) for k in ("tp", "fp", "fn"))
-    return {"cases": len(counts), "precision": round(tp / (tp + fp), 4) if tp + fp else None,
-            "recall": round(tp / (tp + fn), 4) if tp + fn else None}
+def _pooled_detection(counts: list[quality.TumorDetection]) -> dict:
+    pooled = sum(counts, quality.TumorDetection(cases=0))
+    return {"cases": pooled.cases, "precision": _rounded(pooled.voxel_precision), "recall": _rounded(pooled.voxel_recall)}
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def score_folder(predictions: Path, data: DataLayout) -> dict:

@@ -29,10 +29,10 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from bench_method import predict_folder, score_folder  # noqa: E402
 from flare_core.layout import DataLayout  # noqa: E402
-from variant_runs import measure_variants  # noqa: E402
 from flare_core.nnunet.profiles import CPU  # noqa: E402
 from flare_core.nnunet.settings import StudentSettings  # noqa: E402
 from flare_core.nnunet.training import model_folder, train  # noqa: E402
+from variant_runs import measure_variants  # noqa: E402
 
 log = logging.getLogger("bench.student_variants")
 DATASET = "Dataset502_FLARE23Student"

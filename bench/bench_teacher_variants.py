@@ -30,7 +30,6 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from flare_core import labels as L  # noqa: E402
-from variant_runs import measure_variants  # noqa: E402
 from flare_core.io import read_label  # noqa: E402
 from flare_core.label_quality import TumorDetection  # noqa: E402
 from flare_core.layout import DataLayout  # noqa: E402
@@ -38,6 +37,7 @@ from flare_core.nnunet.profiles import CPU  # noqa: E402
 from flare_core.nnunet.settings import TeacherSettings  # noqa: E402
 from flare_core.nnunet.training import model_folder, plan_and_preprocess, train  # noqa: E402
 from flare_core.nnunet.tumor_inference import TumorPredictor  # noqa: E402
+from variant_runs import measure_variants  # noqa: E402
 
 log = logging.getLogger("bench.teacher_variants")
 DATASET = "Dataset501_FLARE23Tumor"

@@ -103,7 +103,11 @@ CPU = RunProfile(
         # last epoch: held-out organ DSC 0.867 vs 0.851 (4 cases) and 0.865 vs
         # 0.849 (6 other cases), same data and iterations. Elastic deformation is
         # off: the small fields' 4 px reach 16-24 mm here, a thin organ's width.
-        training=TrainingSettings(num_epochs=48, iterations_per_epoch=25, val_iterations_per_epoch=2,
+        # 60 epochs rather than 48 (the student underfits: its training
+        # pseudo-Dice equals its held-out DSC): held-out organ DSC 0.871 vs
+        # 0.864 on 16 cases, 0.873 vs 0.867 on a 24-case training set's fused
+        # labels; demo 14.2 min on a quiet 2-core machine.
+        training=TrainingSettings(num_epochs=60, iterations_per_epoch=25, val_iterations_per_epoch=2,
                                   optimizer="adamw", initial_lr=3e-3, ce_class_weight_power=0.5,
                                   ce_class_weight_anneal=True, cpu_bfloat16=True, mirroring=False, save_every=4,
                                   plot_every=24),

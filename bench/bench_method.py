@@ -8,7 +8,8 @@ set generated with a seed the tests do not use (the demo's default sizes),
 then scores, against the complete ground truth:
 - the training labels (label_quality's sources): the organ pseudo-labels,
   the partial labels, the partial-fused and organ-fused labels, the tumor
-  pseudo-labels (DSC / NSD per class, tumor precision / recall);
+  pseudo-labels (DSC / NSD per class, tumor precision / recall, lesions
+  found per host organ and false lesions by what they really are);
 - the student's predictions on the held-out inference cases, in the demo's
   mode (`fastest`) and in `fast`;
 - organ pseudo-labels made for the inference cases by the same generator
@@ -68,7 +69,7 @@ def run_demo(data: Path, work: Path, home: Path, profile: str, seed: int, n_trai
 
 def training_label_scores(data: DataLayout, work: WorkLayout) -> dict:
     """label_quality's sources on every training case, averaged per source and class."""
-    rows, tumor_detection = [], []
+    rows, tumor_detection, lesions = [], [], []
     for image in sorted(data.folder("train_images").glob("*_0000.nii.gz")):
         case = image.name[: -len("_0000.nii.gz")]
         geometry = read_geometry(image, case)
@@ -82,8 +83,17 @@ def training_label_scores(data: DataLayout, work: WorkLayout) -> dict:
         rows += [{**r, "case": case} for r in quality.score_sources(case, data.ground_truth(case), geometry, sources)]
         if sources[quality.TUMOR_PSEUDO] is not None:
             tumor_detection.append(_tumor_detection(sources[quality.TUMOR_PSEUDO], data.ground_truth(case), case))
+            lesions.append(_lesion_breakdown(sources[quality.TUMOR_PSEUDO], data.ground_truth(case), case, binary=True))
     return {"per_source": quality.source_table(rows), "per_class": quality.class_table(rows),
-            "tumor_pseudo_label_voxels": _pooled_detection(tumor_detection)}
+            "tumor_pseudo_label_voxels": _pooled_detection(tumor_detection),
+            "tumor_pseudo_label_lesions": quality.pool_breakdowns(lesions)}
+
+
+def _lesion_breakdown(marked: Path, truth: Path, case: str, *, binary: bool) -> dict:
+    """`marked`: a 0/1 tumor mask (`binary`) or a label map whose class 14 is tumor."""
+    mask, _ = read_label(marked, case)
+    gt, _ = read_label(truth, case)
+    return quality.lesion_breakdown(mask > 0 if binary else mask == L.TUMOR, gt)
 
 
 def _tumor_detection(pseudo: Path, truth: Path, case: str) -> quality.TumorDetection:
@@ -103,13 +113,14 @@ def _rounded(value: float | None) -> float | None:
 
 def score_folder(predictions: Path, data: DataLayout) -> dict:
     """DSC / NSD of every prediction in `predictions` against the inference ground truth."""
-    rows = []
+    rows, lesions = [], []
     for path in sorted(predictions.glob("*.nii.gz")):
         case = path.name[: -len(".nii.gz")]
         pred, geometry = read_label(path, case)
         truth, _ = read_label(data.infer_label(case), case, image_geometry=geometry)
         rows += [{**s.__dict__, "case": case} for s in evaluate_case(pred, truth, geometry.spacing_zyx)]
-    return {**_summary(rows), "tumor_dsc_per_case": {r["case"]: round(float(r["dsc"]), 4)
+        lesions.append(_lesion_breakdown(path, data.infer_label(case), case, binary=False))
+    return {**_summary(rows), "lesions": quality.pool_breakdowns(lesions), "tumor_dsc_per_case": {r["case"]: round(float(r["dsc"]), 4)
                                                      for r in rows if r["class_id"] == L.TUMOR}}
 
 

@@ -717,8 +717,8 @@ class PlainPipeline:
             rows = lq.score_sources(case_id, truth, geometry, sources)
             record = {"case_id": case_id, "rows": rows}
             if sources[lq.TUMOR_PSEUDO] is not None:
-                record["tumor_detection"] = lq.detect_tumors(case_id, truth, geometry,
-                                                             sources[lq.TUMOR_PSEUDO]).to_dict()
+                detection, breakdown = lq.detect_tumors(case_id, truth, geometry, sources[lq.TUMOR_PSEUDO])
+                record["tumor_detection"], record["lesion_breakdown"] = detection.to_dict(), breakdown
             write_json(record, path)
             lq.source_table(rows)  # the asset's per-case metadata table
             return []

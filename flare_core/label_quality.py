@@ -7,6 +7,9 @@ teacher's tumor pseudo-label is also measured as a detector: voxel-wise
 precision and recall, and lesion-wise detection (a lesion is a connected
 component, 26-connected; a true lesion counts as found when any of its voxels
 is marked, a marked component counts as real when it touches a true lesion).
+`lesions_by_host` and `false_lesions_by_class` say where detection fails: which
+organs' lesions go unfound, and what the false ones really are (the
+gallbladder, for a detector that takes dark fluid for a lesion).
 """
 from __future__ import annotations
 
@@ -143,11 +146,13 @@ class TumorDetection:
         return cls(**{f.name: int(record.get(f.name, f.default)) for f in fields(cls)})
 
 
-def detect_tumors(case_id: str, ground_truth: Path, geometry: Geometry, tumor_pseudo_label: Path) -> TumorDetection:
-    """The tumor pseudo-label (0/1) against the ground truth's tumor class."""
+def detect_tumors(case_id: str, ground_truth: Path, geometry: Geometry, tumor_pseudo_label: Path
+                  ) -> tuple[TumorDetection, dict]:
+    """The tumor pseudo-label (0/1) against the ground truth: the detection
+    counts and the `lesion_breakdown` (where lesions are missed, what the false ones are)."""
     truth, _ = read_label(ground_truth, case_id, image_geometry=geometry)
     mask, _ = read_label(Path(tumor_pseudo_label), case_id, image_geometry=geometry)
-    return TumorDetection.of(mask, truth == labels.TUMOR)
+    return TumorDetection.of(mask, truth == labels.TUMOR), lesion_breakdown(mask, truth)
 
 
 def pool_detections(records: Iterable[Mapping]) -> TumorDetection | None:
@@ -159,9 +164,81 @@ def pool_detections(records: Iterable[Mapping]) -> TumorDetection | None:
     return pooled
 
 
+def lesions_by_host(predicted: np.ndarray, truth: np.ndarray) -> dict[str, list[int]]:
+    """[found, lesions] per host organ of the true lesions in the complete label
+    map `truth`; a lesion's host is the organ most of the organ voxels just
+    around it belong to (background for a lesion that touches no organ: at a
+    coarse grid a lesion can fill its organ's edge and face mostly fat)."""
+    marked = np.asarray(predicted) != 0
+    components, _ = _lesions(np.asarray(truth) == labels.TUMOR)
+    table: dict[str, list[int]] = {}
+    for index, lesion in enumerate(ndimage.find_objects(components), start=1):
+        window = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in lesion)
+        inside = components[window] == index
+        shell = ndimage.binary_dilation(inside) & ~inside
+        around = np.asarray(truth)[window][shell]
+        organs = around[(around != labels.TUMOR) & (around != labels.BACKGROUND)]
+        host = _most_common(organs)  # background only for a lesion that touches no organ
+        row = table.setdefault(labels.CLASS_NAMES.get(host, str(host)), [0, 0])
+        row[0] += int(marked[window][inside].any())
+        row[1] += 1
+    return dict(sorted(table.items()))
+
+
+def false_lesions_by_class(predicted: np.ndarray, truth: np.ndarray) -> dict[str, int]:
+    """Marked components that touch no true lesion, counted by the ground-truth
+    class under most of their voxels."""
+    truth = np.asarray(truth)
+    components, _ = _lesions(np.asarray(predicted) != 0)
+    table: dict[str, int] = {}
+    for index, box in enumerate(ndimage.find_objects(components), start=1):
+        under = truth[box][components[box] == index]
+        if not np.any(under == labels.TUMOR):
+            name = labels.CLASS_NAMES.get(_most_common(under), "?")
+            table[name] = table.get(name, 0) + 1
+    return dict(sorted(table.items()))
+
+
+def lesion_breakdown(predicted: np.ndarray, truth: np.ndarray) -> dict:
+    """Both tables for one case: {"found_by_host": ..., "false_by_class": ...}."""
+    return {"found_by_host": lesions_by_host(predicted, truth),
+            "false_by_class": false_lesions_by_class(predicted, truth)}
+
+
+def pool_breakdowns(records: Iterable[Mapping]) -> dict:
+    """The sum of `lesion_breakdown` records over cases."""
+    found: dict[str, list[int]] = {}
+    false: dict[str, int] = {}
+    for record in records:
+        for host, (hit, total) in record.get("found_by_host", {}).items():
+            row = found.setdefault(host, [0, 0])
+            row[0], row[1] = row[0] + int(hit), row[1] + int(total)
+        for name, count in record.get("false_by_class", {}).items():
+            false[name] = false.get(name, 0) + int(count)
+    return {"found_by_host": dict(sorted(found.items())), "false_by_class": dict(sorted(false.items()))}
+
+
+def breakdown_rows(breakdown: Mapping) -> list[dict]:
+    """One row per class that hosts a true lesion or lies under a false one."""
+    found, false = breakdown.get("found_by_host", {}), breakdown.get("false_by_class", {})
+    return [{"class": name, "true_lesions": found.get(name, [0, 0])[1], "found": found.get(name, [0, 0])[0],
+             "false_lesions_on_it": false.get(name, 0)} for name in sorted(set(found) | set(false))]
+
+
+def _lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    return ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, mask.ndim))
+
+
+def _most_common(values: np.ndarray) -> int:
+    if values.size == 0:
+        return labels.BACKGROUND
+    found, counts = np.unique(values, return_counts=True)
+    return int(found[np.argmax(counts)])
+
+
 def _components_touched(mask: np.ndarray, touched: np.ndarray) -> tuple[int, int]:
     """(components of `mask` that contain a `touched` voxel, all components)."""
-    components, count = ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, mask.ndim))
+    components, count = _lesions(mask)
     hit = np.unique(components[touched])
     return int(np.count_nonzero(hit)), int(count)
 

@@ -58,6 +58,7 @@ def results_lines(work: WorkLayout) -> list[str]:
     if detection:
         pseudo = next((r for r in quality.get("by_source", []) if r["source"] == lq.TUMOR_PSEUDO), {})
         lines += tumor_detection_lines(detection, pseudo.get("tumor_dsc"))
+        lines += lesion_breakdown_lines((quality or {}).get("lesion_breakdown"))
     lines += _reading(columns, detection)
     return lines
 
@@ -77,6 +78,22 @@ def tumor_detection_lines(detection: Mapping, dsc: float | None = None) -> list[
         f"{rate('lesion_recall')}), {detection['predicted_lesions_real']} of {detection['predicted_lesions']} "
         f"marked are real (precision {rate('lesion_precision')})",
     ]
+
+
+FALSE_CLASSES_SHOWN = 3
+
+
+def lesion_breakdown_lines(breakdown: Mapping | None) -> list[str]:
+    """Where the tumor pseudo-labels miss lesions (by host organ) and what their false lesions really are."""
+    if not breakdown:
+        return []
+    found = ", ".join(f"{host} {hit} of {total}" for host, (hit, total) in breakdown.get("found_by_host", {}).items())
+    ranked = sorted(breakdown.get("false_by_class", {}).items(), key=lambda item: -item[1])
+    false = ", ".join(f"{name} {count}" for name, count in ranked[:FALSE_CLASSES_SHOWN])
+    if len(ranked) > FALSE_CLASSES_SHOWN:
+        rest = ranked[FALSE_CLASSES_SHOWN:]
+        false += f", {sum(count for _, count in rest)} on {len(rest)} more classes"
+    return [f"  found by organ: {found or 'no true lesion'}", f"  false lesions on: {false or 'none'}"]
 
 
 def _columns(evaluation: dict | None, quality: dict | None) -> dict[str, dict[str, Cell]]:

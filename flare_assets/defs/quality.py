@@ -54,8 +54,9 @@ def label_quality(context: AssetExecutionContext, data_root: FlareDataRoot,
         rows = lq.score_sources(case_id, truth, geometry, sources)
         record, metadata = {"case_id": case_id, "rows": rows}, {"status": "scored"}
         if sources[lq.TUMOR_PSEUDO] is not None:
-            detection = lq.detect_tumors(case_id, truth, geometry, sources[lq.TUMOR_PSEUDO])
+            detection, breakdown = lq.detect_tumors(case_id, truth, geometry, sources[lq.TUMOR_PSEUDO])
             record["tumor_detection"] = detection.to_dict()
+            record["lesion_breakdown"] = breakdown
             metadata["tumor_pseudo_label"] = md.table([detection.to_dict()])
         write_json(record, path)
         return {**metadata, "by_source": md.table(lq.source_table(rows))}
@@ -71,7 +72,7 @@ def label_quality_summary(context: AssetExecutionContext, work_root: FlareWorkRo
     partial-only vs organ-pseudo-only); and the tumor pseudo-labels' voxel and
     lesion precision / recall, pooled over the cases they were made for."""
     work = work_root.layout
-    rows, scored, skipped, detections = [], [], [], []
+    rows, scored, skipped, detections, breakdowns = [], [], [], [], []
     for case_id in sorted(context.instance.get_dynamic_partitions(training_cases.name)):
         path = work.per_case(LABEL_QUALITY, case_id, ".json")
         if not path.exists():
@@ -81,11 +82,14 @@ def label_quality_summary(context: AssetExecutionContext, work_root: FlareWorkRo
         rows += record.get("rows", [])
         if "tumor_detection" in record:
             detections.append(record["tumor_detection"])
+            breakdowns.append(record.get("lesion_breakdown", {}))
     table = lq.source_table(rows) if rows else []
     pooled = lq.pool_detections(detections)
     tumor_detection = pooled.to_dict() if pooled else None
+    breakdown = lq.pool_breakdowns(breakdowns) if breakdowns else None
     out = write_json({"cases": scored, "skipped": skipped, "by_source": table, "by_class": lq.class_table(rows),
-                      "tumor_detection": tumor_detection}, work.manifests / "label_quality_summary.json")
+                      "tumor_detection": tumor_detection, "lesion_breakdown": breakdown},
+                     work.manifests / "label_quality_summary.json")
     context.log.info("label quality: %d cases scored, %d skipped", len(scored), len(skipped))
     metadata = {
         "cases_scored": len(scored),
@@ -95,6 +99,8 @@ def label_quality_summary(context: AssetExecutionContext, work_root: FlareWorkRo
                                          MetadataValue.text("no tumor pseudo-label scored")),
         "path": MetadataValue.path(str(out)),
     }
+    if breakdown:
+        metadata["tumor_pseudo_label_lesions_by_organ"] = md.table(lq.breakdown_rows(breakdown))
     chart_rows = label_quality_rows(table)
     if chart_rows:
         title = f"mean DSC and NSD per label source over {len(scored)} cases"

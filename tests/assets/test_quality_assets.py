@@ -40,6 +40,11 @@ def test_every_label_source_is_scored_against_ground_truth(quality_stage):
     assert detection["true_lesions"] > 0 and 0 <= detection["true_lesions_found"] <= detection["true_lesions"]
     assert detection["voxel_recall"] == round(detection["true_positive_voxels"] / (
         detection["true_positive_voxels"] + detection["false_negative_voxels"]), 4)
+    # ... and by organ: every true lesion counted once, under the organ that hosts it.
+    found_by_host = summary["lesion_breakdown"]["found_by_host"]
+    assert sum(total for _, total in found_by_host.values()) == detection["true_lesions"]
+    assert sum(hit for hit, _ in found_by_host.values()) == detection["true_lesions_found"]
+    assert set(found_by_host) <= {"liver", "right_kidney", "left_kidney", "pancreas"}  # the phantom's hosts
     liver = {r["source"]: r for r in summary["by_class"] if r["class_name"] == "liver"}
     assert set(liver) == set(lq.SOURCES) - {lq.TUMOR_PSEUDO} and liver[lq.ORGAN_FUSED]["cases"] == 10
     meta = latest_metadata(instance, AssetKey("label_quality_summary"))

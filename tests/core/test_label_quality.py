@@ -65,9 +65,10 @@ def test_detect_tumors_reads_the_files(tmp_path):
     mask[7, 7, 7] = 0
     write_volume(truth, geometry, tmp_path / "gt.nii.gz")
     write_volume(mask, geometry, tmp_path / "pseudo.nii.gz")
-    found = lq.detect_tumors("c1", tmp_path / "gt.nii.gz", geometry, tmp_path / "pseudo.nii.gz")
+    found, breakdown = lq.detect_tumors("c1", tmp_path / "gt.nii.gz", geometry, tmp_path / "pseudo.nii.gz")
     assert found.voxel_precision == 1.0 and found.voxel_recall == pytest.approx(8 / 9)
     assert found.true_lesions_found == 1 and found.true_lesions == 2
+    assert breakdown == {"found_by_host": {"background": [1, 2]}, "false_by_class": {}}  # lesions outside organs
 
 
 def test_class_table_means_each_class_of_each_source():
@@ -83,3 +84,45 @@ def test_class_table_means_each_class_of_each_source():
     liver = table[2]
     assert liver["dsc"] == pytest.approx(0.7) and liver["nsd"] == pytest.approx(0.8) and liver["cases"] == 2
     assert lq.class_table([]) == []
+
+
+def organs_with_lesions() -> np.ndarray:
+    """A liver with a lesion, a right kidney with a lesion, a gallbladder."""
+    truth = np.zeros((12, 12, 12), np.uint8)
+    truth[0:6, 0:6, 0:6] = labels.LIVER
+    truth[2:4, 2:4, 2:4] = labels.TUMOR
+    truth[7:12, 7:12, 7:12] = labels.RIGHT_KIDNEY
+    truth[9, 9, 9] = labels.TUMOR
+    truth[0:3, 8:11, 0:3] = labels.GALLBLADDER
+    return truth
+
+
+def test_lesions_are_counted_by_host_organ():
+    truth = organs_with_lesions()
+    predicted = np.zeros_like(truth)
+    predicted[3, 3, 3] = 1  # finds the liver lesion, misses the kidney one
+    assert lq.lesions_by_host(predicted, truth) == {"liver": [1, 1], "right_kidney": [0, 1]}
+    assert lq.lesions_by_host(truth == labels.TUMOR, truth) == {"liver": [1, 1], "right_kidney": [1, 1]}
+
+
+def test_false_lesions_are_named_by_what_they_really_are():
+    truth = organs_with_lesions()
+    predicted = np.zeros_like(truth)
+    predicted[0:2, 8:10, 0:2] = 1  # the gallbladder taken for a lesion
+    predicted[3, 3, 3] = 1  # a real one: not counted
+    predicted[11, 0, 11] = 1  # a stray voxel in the background
+    assert lq.false_lesions_by_class(predicted, truth) == {"background": 1, "gallbladder": 1}
+    assert lq.false_lesions_by_class(np.zeros_like(truth), truth) == {}
+
+
+def test_breakdowns_pool_over_cases_into_one_row_per_class():
+    truth = organs_with_lesions()
+    missed_all, found_liver = np.zeros_like(truth), np.zeros_like(truth)
+    found_liver[3, 3, 3] = 1
+    found_liver[0, 8, 0] = 1  # a false one in the gallbladder
+    pooled = lq.pool_breakdowns([lq.lesion_breakdown(missed_all, truth), lq.lesion_breakdown(found_liver, truth)])
+    assert pooled == {"found_by_host": {"liver": [1, 2], "right_kidney": [0, 2]}, "false_by_class": {"gallbladder": 1}}
+    assert lq.breakdown_rows(pooled) == [
+        {"class": "gallbladder", "true_lesions": 0, "found": 0, "false_lesions_on_it": 1},
+        {"class": "liver", "true_lesions": 2, "found": 1, "false_lesions_on_it": 0},
+        {"class": "right_kidney", "true_lesions": 2, "found": 0, "false_lesions_on_it": 0}]

@@ -4,7 +4,7 @@ import re
 
 from flare_core import label_quality as lq
 from flare_core.layout import WorkLayout
-from flare_core.report import results_lines
+from flare_core.report import lesion_breakdown_lines, results_lines
 
 
 def write(work, name, record):
@@ -36,7 +36,9 @@ def label_quality_summary():
     return {"cases": ["t1", "t2", "t3", "t4"], "skipped": [], "by_class": by_class,
             "by_source": [source(lq.TUMOR_PSEUDO, None, 0.4), source(lq.ORGAN_PSEUDO_ONLY, 0.8, 0.1),
                           source(lq.PARTIAL_FUSED, 0.45, 0.6), source(lq.ORGAN_FUSED, 0.93, 0.6)],
-            "tumor_detection": detection}
+            "tumor_detection": detection,
+            "lesion_breakdown": {"found_by_host": {"liver": [3, 3], "pancreas": [1, 2]},
+                                 "false_by_class": {"background": 1, "gallbladder": 2}}}
 
 
 def test_table_has_a_row_per_class_and_a_column_per_label_source(tmp_path):
@@ -54,6 +56,8 @@ def test_table_has_a_row_per_class_and_a_column_per_label_source(tmp_path):
     assert "3 inference cases" in text and "4 training cases" in text
     assert "tumor pseudo-labels (2 cases): voxel precision 0.75, recall 0.60; mean DSC 0.40" in text
     assert "lesions: 4 of 5 found (recall 0.80), 3 of 4 marked are real (precision 0.75)" in text
+    assert "found by organ: liver 3 of 3, pancreas 1 of 2" in text
+    assert "false lesions on: gallbladder 2, background 1" in text
     assert "fusion paid off: organ DSC 0.930 organ-fused, 0.800 organ pseudo-label, 0.450 partial-fused" in text
     assert "student: organ DSC 0.70, tumor DSC 0.30" in text
     assert max(len(line) for line in lines) <= 100
@@ -80,3 +84,10 @@ def test_fusion_that_did_not_pay_off_is_said_with_the_likely_cause(tmp_path):
     text = "\n".join(results_lines(work))
     assert "fusion did not pay off: organ DSC 0.700 organ-fused, 0.800 organ pseudo-label" in text
     assert "voxel precision 0.01, take organ voxels" in text
+
+
+def test_false_lesions_name_the_three_commonest_classes_and_count_the_rest():
+    breakdown = {"found_by_host": {}, "false_by_class": {"background": 50, "liver": 9, "spleen": 4, "ivc": 2, "aorta": 1}}
+    assert lesion_breakdown_lines(breakdown) == ["  found by organ: no true lesion",
+                                                 "  false lesions on: background 50, liver 9, spleen 4, 3 on 2 more classes"]
+    assert lesion_breakdown_lines(None) == []

@@ -78,6 +78,7 @@ def test_demo_prints_stages_and_results_and_keeps_the_rest_in_its_log(demo_once)
     assert re.search(r"^tumor pseudo-labels \(2 cases\): voxel precision (\d\.\d\d|-), recall \d\.\d\d", console,
                      re.M), console
     assert re.search(r"lesions: \d+ of \d+ found", console), console
+    assert re.search(r"found by organ: (\w+ \d+ of \d+|no true lesion)", console), console
     log_path = Path(re.search(r"^full log: (\S+)$", console, re.M).group(1))
     assert log_path.parent == tmp_path / "work" / "logs"
     log = log_path.read_text()

@@ -11,6 +11,8 @@ set (`RUN/held_out`, made by `bench_method.py --held-out`) in the demo's
 `fastest` mode. Reports per-class DSC / NSD, per-case tumor DSC and training
 seconds beside the demo's own student and the held-out cases' organ
 pseudo-labels (both scored by bench_method.py, read from its --method file).
+Variant `complete_ground_truth_labels` is the ceiling: the same student on the
+training cases' complete ground truth instead of their fused labels.
 """
 from __future__ import annotations
 
@@ -31,13 +33,15 @@ from bench_method import predict_folder, score_folder  # noqa: E402
 from flare_core.layout import DataLayout  # noqa: E402
 from flare_core.nnunet.profiles import CPU  # noqa: E402
 from flare_core.nnunet.settings import StudentSettings  # noqa: E402
-from flare_core.nnunet.training import model_folder, train  # noqa: E402
+from flare_core.nnunet.dataset_export import ExportCase, export_student_dataset  # noqa: E402
+from flare_core.nnunet.training import model_folder, plan_and_preprocess, train  # noqa: E402
 from variant_runs import measure_variants  # noqa: E402
 
 log = logging.getLogger("bench.student_variants")
 DATASET = "Dataset502_FLARE23Student"
 DEMO_SEED = 0  # flare_assets.resources' default run seed
 _CPU_TRAINING = CPU.student.training
+GROUND_TRUTH = "complete_ground_truth_labels"
 
 # name -> (training changes, plan changes) relative to the cpu profile's student
 VARIANTS: dict[str, tuple[dict, dict]] = {
@@ -50,6 +54,10 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     # The former default, against today's 60 epochs ("cpu"; student_variants_train24.json
     # calls it "60_epochs": it was measured while 48 was the default).
     "48_epochs": ({"num_epochs": 48}, {}),
+    # The ceiling: the same student trained on the complete ground truth of the
+    # same training cases instead of their organ-fused labels (a perfect teacher
+    # and perfect organ pseudo-labels). Planned and preprocessed afresh.
+    GROUND_TRUTH: ({}, {}),
 }
 
 
@@ -62,23 +70,37 @@ def run_variant(name: str, training: dict, plan: dict, run: Path, scratch: Path)
     """Plans are edited, not re-planned: the batch size lives in the plans and
     every other value stays the run's, so only the named change differs."""
     work = scratch / name
-    for sub in ("nnUNet_raw", "nnUNet_preprocessed"):
-        shutil.copytree(run / "work" / sub / DATASET, work / sub / DATASET)
     settings = variant_settings(training, plan)
+    start = time.perf_counter()
+    if name == GROUND_TRUTH:
+        dataset = _export_ground_truth(run, work, settings)
+    else:
+        dataset = DATASET
+        for sub in ("nnUNet_raw", "nnUNet_preprocessed"):
+            shutil.copytree(run / "work" / sub / DATASET, work / sub / DATASET)
     if "batch_size" in plan:
         _set_batch_size(work / "nnUNet_preprocessed" / DATASET, plan["batch_size"])
-    start = time.perf_counter()
-    summary = train(work, DATASET, settings, "cpu", seed=DEMO_SEED)
+    summary = train(work, dataset, settings, "cpu", seed=DEMO_SEED)
     seconds = time.perf_counter() - start
     held_out = DataLayout(run / "held_out" / "data")
     predicted = scratch / f"{name}_predictions"
-    predict_folder(model_folder(work, DATASET, settings), held_out, predicted, "fastest")
+    predict_folder(model_folder(work, dataset, settings), held_out, predicted, "fastest")
     scores = score_folder(predicted, held_out)
     per_class = scores["per_class"]
     log.info("%s: organ DSC %.4f, tumor DSC %.4f on %d cases, %.0f s", name, per_class["organs mean"]["dsc"],
              per_class["tumor"]["dsc"], scores["cases"], seconds)
     return {"training_changes": training, "plan_changes": plan, "train_seconds": round(seconds, 1),
             "final_pseudo_dice": round(summary.final_pseudo_dice, 3), "fastest": scores}
+
+
+def _export_ground_truth(run: Path, work: Path, settings: StudentSettings) -> str:
+    """The run's training cases with their complete ground truth as the student's dataset, planned."""
+    data = DataLayout(run / "data")
+    cases = [ExportCase(p.name[: -len("_0000.nii.gz")], p, data.ground_truth(p.name[: -len("_0000.nii.gz")]))
+             for p in sorted(data.folder("train_images").glob("*_0000.nii.gz"))]
+    exported = export_student_dataset(cases, work / "nnUNet_raw", dataset_id=504, name="FLARE23StudentGroundTruth")
+    plan_and_preprocess(work, exported.dataset_name, settings, profile_name=CPU.name)
+    return exported.dataset_name
 
 
 def _set_batch_size(preprocessed: Path, batch_size: int) -> None:

@@ -82,24 +82,13 @@ def training_label_scores(data: DataLayout, work: WorkLayout) -> dict:
         }
         rows += [{**r, "case": case} for r in quality.score_sources(case, data.ground_truth(case), geometry, sources)]
         if sources[quality.TUMOR_PSEUDO] is not None:
-            tumor_detection.append(_tumor_detection(sources[quality.TUMOR_PSEUDO], data.ground_truth(case), case))
-            lesions.append(_lesion_breakdown(sources[quality.TUMOR_PSEUDO], data.ground_truth(case), case, binary=True))
+            detection, breakdown = quality.detect_tumors(case, data.ground_truth(case), geometry,
+                                                         sources[quality.TUMOR_PSEUDO])
+            tumor_detection.append(detection)
+            lesions.append(breakdown)
     return {"per_source": quality.source_table(rows), "per_class": quality.class_table(rows),
             "tumor_pseudo_label_voxels": _pooled_detection(tumor_detection),
             "tumor_pseudo_label_lesions": quality.pool_breakdowns(lesions)}
-
-
-def _lesion_breakdown(marked: Path, truth: Path, case: str, *, binary: bool) -> dict:
-    """`marked`: a 0/1 tumor mask (`binary`) or a label map whose class 14 is tumor."""
-    mask, _ = read_label(marked, case)
-    gt, _ = read_label(truth, case)
-    return quality.lesion_breakdown(mask > 0 if binary else mask == L.TUMOR, gt)
-
-
-def _tumor_detection(pseudo: Path, truth: Path, case: str) -> quality.TumorDetection:
-    mask, _ = read_label(pseudo, case)
-    gt, _ = read_label(truth, case)
-    return quality.TumorDetection.of(mask, gt == L.TUMOR)
 
 
 def _pooled_detection(counts: list[quality.TumorDetection]) -> dict:
@@ -119,9 +108,9 @@ def score_folder(predictions: Path, data: DataLayout) -> dict:
         pred, geometry = read_label(path, case)
         truth, _ = read_label(data.infer_label(case), case, image_geometry=geometry)
         rows += [{**s.__dict__, "case": case} for s in evaluate_case(pred, truth, geometry.spacing_zyx)]
-        lesions.append(_lesion_breakdown(path, data.infer_label(case), case, binary=False))
-    return {**_summary(rows), "lesions": quality.pool_breakdowns(lesions), "tumor_dsc_per_case": {r["case"]: round(float(r["dsc"]), 4)
-                                                     for r in rows if r["class_id"] == L.TUMOR}}
+        lesions.append(quality.lesion_breakdown(pred == L.TUMOR, truth))
+    return {**_summary(rows), "lesions": quality.pool_breakdowns(lesions),
+            "tumor_dsc_per_case": {r["case"]: round(float(r["dsc"]), 4) for r in rows if r["class_id"] == L.TUMOR}}
 
 
 def _summary(rows: list[dict]) -> dict:

@@ -26,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
 from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,13 +79,15 @@ def variant_settings(variant: dict) -> TeacherSettings:
                    attention=replace(teacher.attention, **variant.get("attention", {})))
 
 
-def annotated_foreground_intensities(run: Path, cases: list[str], per_case: int = 10_000) -> dict:
-    """nnU-Net's intensity statistics, over every annotated voxel of `cases`' partial labels."""
-    data, rng, samples = DataLayout(run / "data"), np.random.default_rng(0), []
+def annotated_foreground_intensities(run: Path, cases: list[str]) -> dict:
+    """nnU-Net's intensity statistics (its own per-case sampling, pooled as its
+    fingerprint pools them), over every annotated voxel of `cases`' partial labels."""
+    data, samples = DataLayout(run / "data"), []
     for case in cases:
         image, _ = read_ct(data.train_image(case), case)
-        annotated = image[read_label(data.train_label(case), case)[0] > 0].astype(np.float64)
-        samples.append(rng.choice(annotated, min(annotated.size, per_case), replace=False))
+        annotated = read_label(data.train_label(case), case)[0]
+        sampled, _ = DatasetFingerprintExtractor.collect_foreground_intensities(annotated[None], image[None])
+        samples.append(np.asarray(sampled[0], dtype=np.float64))
     values = np.concatenate(samples)
     return {"max": float(values.max()), "mean": float(values.mean()), "median": float(np.median(values)),
             "min": float(values.min()), "percentile_00_5": float(np.percentile(values, 0.5)),

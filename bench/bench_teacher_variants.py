@@ -69,6 +69,10 @@ VARIANTS: dict[str, dict] = {
     "patch_48_batch_8": {"plan": {"patch_size": (48, 48), "batch_size": 8}},
     "no_non_local_block": {"attention": {"non_local": False}},
     "intensity_of_annotated_foreground": {"intensity": "annotated_foreground"},
+    # Tumor-centred patches on one lesion drawn uniformly instead of a uniform tumor voxel.
+    "tumor_patches_per_lesion": {"training": {"focus_class": 1, "focus_share": 1.0, "focus_per_lesion": True}},
+    "half_the_patches_on_tumor_per_lesion": {"training": {"oversample_foreground": 0.5, "focus_class": 1,
+                                                          "focus_share": 1.0, "focus_per_lesion": True}},
 }
 
 

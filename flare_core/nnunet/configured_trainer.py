@@ -8,6 +8,7 @@ exactly how its model was trained. The constructor keeps nnU-Net's signature
 
 Changes to stock nnU-Net, each only when the settings ask for it:
 - epochs, iterations, learning rate, weight decay, momentum, oversampling;
+- a share of the foreground patches centred on one rare class (focused_sampling.py);
 - the optimizer (nnU-Net's SGD, or AdamW) and class-weighted cross-entropy
   (weights from the training set's class frequencies, see class_balance.py),
   optionally annealed to plain cross-entropy by the last epoch;
@@ -36,6 +37,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
@@ -44,6 +46,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from flare_core.nnunet import checkpoint_files
 from flare_core.nnunet.class_balance import class_frequencies, class_weights
 from flare_core.nnunet.environment import cpu_has_native_bfloat16
+from flare_core.nnunet.focused_sampling import FocusedDataset, focused_dataset_class
 from flare_core.nnunet.model_loading import read_checkpoint
 from flare_core.nnunet.settings import TRAINING_KEY, TrainingSettings
 
@@ -135,6 +138,17 @@ class ConfiguredTrainer(nnUNetTrainer):
             weights = class_weights(self._class_frequencies, self.class_weight_power(self.current_epoch))
             ce.weight.copy_(torch.as_tensor(weights, dtype=ce.weight.dtype))
         super().on_epoch_start()
+
+    def get_dataloaders(self):
+        s = self.flare_settings
+        if s.focus_class is not None and s.focus_share > 0:
+            base = self.dataset_class or infer_dataset_class(self.preprocessed_dataset_folder)
+            if issubclass(base, FocusedDataset):  # get_dataloaders called again
+                base = base.__mro__[2]
+            self.dataset_class = focused_dataset_class(base, s.focus_class, s.focus_share, s.focus_per_lesion)
+            log.info("%.0f %% of foreground patches centred on class %d where a case has it",
+                     100 * s.focus_share, s.focus_class)
+        return super().get_dataloaders()
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         rotation, dummy_2d, initial_patch, mirror_axes = \

@@ -48,6 +48,9 @@ class PlanSettings:
     extra_arch_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
+_FOCUS_KEYS = ("focus_class", "focus_share", "focus_per_lesion")
+
+
 @dataclass(frozen=True)
 class TrainingSettings:
     """What the trainer reads from the plans; nnU-Net defaults unless noted."""
@@ -60,6 +63,14 @@ class TrainingSettings:
     momentum: float = 0.99
     nesterov: bool = True
     oversample_foreground: float = 0.33
+    # Of those foreground patches, this share is centred on `focus_class`
+    # whenever the case holds it (nnU-Net picks a present class uniformly:
+    # about 1 in 14 for the tumor). See focused_sampling.py.
+    focus_class: int | None = None
+    focus_share: float = 0.0
+    # ... on one of the case's lesions (connected regions) drawn uniformly,
+    # not on a voxel: otherwise a large liver lesion takes nearly every draw.
+    focus_per_lesion: bool = False
     mirroring: bool = True
     deep_supervision: bool = True
     # "sgd": nnU-Net's SGD with Nesterov momentum; "adamw": AdamW (momentum
@@ -94,7 +105,14 @@ class TrainingSettings:
     plot_every: int = 1
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
+        """The plans block. Focused sampling is left out while it is off, so the
+        plans - and with them the identity of a model trained before the
+        setting existed - stay as they were."""
+        values = _jsonable(asdict(self))
+        if self.focus_class is None:
+            for key in _FOCUS_KEYS:
+                values.pop(key)
+        return values
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "TrainingSettings":

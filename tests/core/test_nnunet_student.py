@@ -2,18 +2,24 @@
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
 from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class, nnUNetDatasetNumpy
 
 from flare_core.layout import WorkLayout
 from flare_core.nnunet import training
 from flare_core.nnunet.dataset_export import export_student_dataset
+from flare_core.nnunet.environment import scoped_env
+from flare_core.nnunet.focused_sampling import FocusedDataset, focus_properties, focused_dataset_class
 from flare_core.nnunet.profiles import get_profile
-from flare_core.nnunet.settings import PLAIN_UNET, TRAINING_KEY
+from flare_core.nnunet.settings import PLAIN_UNET, TRAINING_KEY, TrainingSettings
 from flare_core.nnunet.student_trainer import FlareStudentTrainer
 from flare_core.orientation import CANONICAL_ORIENTATION, DATASET_JSON_KEY
 from tests.core.nnunet_fixtures import write_sphere_cases
@@ -145,3 +151,77 @@ def test_changed_plans_restart_training_from_scratch(student):
     assert epochs == [0] and not summary.skipped and summary.resumed_from_epoch is None
     assert summary.epochs_completed == 1
     assert summary.checkpoint_sha256 != student["summary"].checkpoint_sha256
+
+
+def _tumor_share_of_patch_centres(trainer: FlareStudentTrainer, dataset_class: type, draws: int = 60) -> float:
+    """Share of nnU-Net's foreground-forced patches (real loader, no augmentation) centred on a tumor voxel."""
+    folder = trainer.preprocessed_dataset_folder
+    dataset = dataset_class(folder, dataset_class.get_identifiers(folder))
+    patch = [6, 10, 10]
+    loader = nnUNetDataLoader(dataset, 1, patch, patch, trainer.label_manager, oversample_foreground_percent=1.0)
+    np.random.seed(0)
+    centred = 0
+    for _ in range(draws):
+        seg = loader.generate_train_batch()["target"][0, 0]
+        centred += int(seg[tuple(s // 2 for s in patch)] == 14)
+    return centred / draws
+
+
+def test_focused_sampling_centres_foreground_patches_on_the_tumor(student):
+    trainer = _trainer(student, focus_class=14, focus_share=1.0)
+    trainer.initialize()
+    with scoped_env(nnUNet_n_proc_DA=0):  # single-threaded augmenter, nothing to fork
+        trainer.get_dataloaders()
+    focused = trainer.dataset_class
+    assert issubclass(focused, FocusedDataset) and (focused.focus_class, focused.focus_share) == (14, 1.0)
+    stock = infer_dataset_class(trainer.preprocessed_dataset_folder)
+    # nnU-Net alone picks liver or tumor at random; focused, every forced patch is centred on a tumor.
+    assert _tumor_share_of_patch_centres(trainer, focused) == 1.0
+    assert _tumor_share_of_patch_centres(trainer, stock) < 0.8
+    half = focused_dataset_class(stock, 14, 0.5)
+    assert 0.5 < _tumor_share_of_patch_centres(trainer, half) < 1.0
+    # Spawned augmentation workers receive the dataset pickled: it comes back with its focus.
+    folder = trainer.preprocessed_dataset_folder
+    dataset = focused(folder, focused.get_identifiers(folder))
+    restored = pickle.loads(pickle.dumps(dataset))
+    assert type(restored) is focused and restored.identifiers == dataset.identifiers
+    assert list(restored.load_case(restored.identifiers[0])[3]["class_locations"]) == [14]
+
+
+def test_focus_leaves_cases_without_the_class_and_the_stock_default_alone():
+    locations = {1: np.zeros((5, 4)), 14: np.zeros((3, 4))}
+    rng = np.random.default_rng(0)
+    focused = focus_properties({"class_locations": locations}, 14, 1.0, rng=rng)
+    assert list(focused["class_locations"]) == [14] and list(locations) == [1, 14]  # the input is not modified
+    no_tumor = {"class_locations": {1: np.zeros((5, 4)), 14: np.zeros((0, 4))}}
+    assert focus_properties(no_tumor, 14, 1.0, rng=rng) is no_tumor
+    assert focus_properties({"class_locations": locations}, 14, 0.0, rng=rng)["class_locations"] is locations
+    with pytest.raises(ValueError, match="share"):
+        focused_dataset_class(nnUNetDatasetNumpy, 14, 1.5)
+
+
+def test_per_lesion_focus_draws_a_small_lesion_as_often_as_a_large_one():
+    seg = np.zeros((1, 8, 20, 20), np.int16)
+    seg[0, 1:7, 2:12, 2:12] = 14  # a large lesion: 600 voxels
+    seg[0, 3:5, 15:17, 15:17] = 14  # a small one: 8 voxels, apart from the first
+    voxels = np.argwhere(seg == 14)
+    properties = {"class_locations": {1: np.zeros((3, 4), np.int64), 14: voxels}}
+    rng = np.random.default_rng(1)
+    small = 0
+    for _ in range(400):
+        kept = focus_properties(properties, 14, 1.0, segmentation=seg, rng=rng)["class_locations"][14]
+        assert len(kept) in (600, 8)
+        small += len(kept) == 8
+    assert 150 < small < 250  # about half the draws, against 8 / 608 for a uniform voxel
+
+
+def test_plans_omit_focused_sampling_while_it_is_off():
+    # A model trained before the setting existed keeps its plans, hence its identity.
+    for name in ("flare23", "cpu", "test"):
+        block = get_profile(name).student.training.to_dict()
+        assert not {"focus_class", "focus_share", "focus_per_lesion"} & set(block)
+        assert TrainingSettings.from_dict(block) == get_profile(name).student.training
+    focused = replace(get_profile("cpu").student.training, focus_class=14, focus_share=0.5, focus_per_lesion=True)
+    block = focused.to_dict()
+    assert (block["focus_class"], block["focus_share"], block["focus_per_lesion"]) == (14, 0.5, True)
+    assert TrainingSettings.from_dict(block) == focused

@@ -56,7 +56,6 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "48_epochs": ({"num_epochs": 48}, {}),
     # A share of the foreground patches centred on the tumor (nnU-Net: ~1 in 14).
     "tumor_focus_half": ({"focus_class": 14, "focus_share": 0.5}, {}),
-    "tumor_focus_quarter": ({"focus_class": 14, "focus_share": 0.25}, {}),
     # ... on one lesion drawn uniformly, so small kidney / pancreas lesions are centres too.
     "tumor_focus_half_per_lesion": ({"focus_class": 14, "focus_share": 0.5, "focus_per_lesion": True}, {}),
     # The ceiling: the same student trained on the complete ground truth of the

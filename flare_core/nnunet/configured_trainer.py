@@ -46,7 +46,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from flare_core.nnunet import checkpoint_files
 from flare_core.nnunet.class_balance import class_frequencies, class_weights
 from flare_core.nnunet.environment import cpu_has_native_bfloat16
-from flare_core.nnunet.focused_sampling import FocusedDataset, focused_dataset_class
+from flare_core.nnunet.focused_sampling import focused_dataset_class
 from flare_core.nnunet.model_loading import read_checkpoint
 from flare_core.nnunet.settings import TRAINING_KEY, TrainingSettings
 
@@ -143,8 +143,7 @@ class ConfiguredTrainer(nnUNetTrainer):
         s = self.flare_settings
         if s.focus_class is not None and s.focus_share > 0:
             base = self.dataset_class or infer_dataset_class(self.preprocessed_dataset_folder)
-            if issubclass(base, FocusedDataset):  # get_dataloaders called again
-                base = base.__mro__[2]
+            base = getattr(base, "focus_base", base)  # get_dataloaders called again
             self.dataset_class = focused_dataset_class(base, s.focus_class, s.focus_share, s.focus_per_lesion)
             log.info("%.0f %% of foreground patches centred on class %d where a case has it",
                      100 * s.focus_share, s.focus_class)

@@ -9,11 +9,12 @@ few voxels of a kidney or pancreas lesion are almost never a patch centre.
 `focused_dataset_class(base, focus_class, share)` returns a subclass of
 nnU-Net's dataset class whose `load_case` hides every other class's locations
 with probability `share` when the case holds `focus_class`; nnU-Net's own
-`get_bbox` then centres a foreground patch on it; with `per_lesion` on one
-lesion drawn uniformly (face-connected region), not on a uniform voxel. Random (not foreground)
-patches ignore class locations, so they are unchanged. The trainer hands the
-subclass to nnU-Net through its `dataset_class` attribute, nnU-Net's own
-extension point; nothing of nnU-Net is patched.
+`get_bbox` then centres a foreground patch on it - with `per_lesion`, on one
+lesion (face-connected region) drawn uniformly rather than on a uniform voxel.
+Random (not foreground) patches ignore class locations, so they are
+unchanged. The trainer hands the subclass to nnU-Net through its
+`dataset_class` attribute, nnU-Net's own extension point; nothing of nnU-Net
+is patched.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ CLASS_LOCATIONS = "class_locations"
 class FocusedDataset:
     """Mixin over an nnU-Net dataset class; the focus settings are class attributes."""
 
+    focus_base: type[nnUNetBaseDataset]  # the nnU-Net dataset class this one extends
     focus_class: int = -1
     focus_share: float = 0.0
     focus_per_lesion: bool = False
@@ -36,9 +38,8 @@ class FocusedDataset:
     def __reduce__(self):
         # The class is made at run time, so pickle (augmentation workers that
         # are spawned, not forked) rebuilds it from its base and settings.
-        base = type(self).__mro__[2]
         settings = (self.focus_class, self.focus_share, self.focus_per_lesion)
-        return _rebuild, (base, settings, self.__dict__)
+        return _rebuild, (self.focus_base, settings, self.__dict__)
 
     def load_case(self, identifier):
         data, seg, seg_prev, properties = super().load_case(identifier)
@@ -92,7 +93,7 @@ def focused_dataset_class(base: type[nnUNetBaseDataset], focus_class: int, share
 def _focused_class(base: type, focus_class: int, share: float, per_lesion: bool) -> type:
     # One class per base and settings, so two trainers in one process never share settings.
     return type(f"Focused{base.__name__}", (FocusedDataset, base),
-                {"focus_class": focus_class, "focus_share": share,
+                {"focus_base": base, "focus_class": focus_class, "focus_share": share,
                  "focus_per_lesion": per_lesion, "__module__": __name__})
 
 

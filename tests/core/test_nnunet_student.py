@@ -175,6 +175,10 @@ def test_focused_sampling_centres_foreground_patches_on_the_tumor(student):
     focused = trainer.dataset_class
     assert issubclass(focused, FocusedDataset) and (focused.focus_class, focused.focus_share) == (14, 1.0)
     stock = infer_dataset_class(trainer.preprocessed_dataset_folder)
+    assert focused.focus_base is stock
+    with scoped_env(nnUNet_n_proc_DA=0):  # called again, it extends nnU-Net's class, not its own
+        trainer.get_dataloaders()
+    assert trainer.dataset_class is focused
     # nnU-Net alone picks liver or tumor at random; focused, every forced patch is centred on a tumor.
     assert _tumor_share_of_patch_centres(trainer, focused) == 1.0
     assert _tumor_share_of_patch_centres(trainer, stock) < 0.8

@@ -253,11 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         results["ablation_on_unannotated_classes"] = unannotated_class_comparison(
             results["student_fast"], results["ablation_partial_fused_only_fast"])
         if args.held_out:  # the same comparison on the extended held-out set, less at the mercy of 4 cases
-            extended = results["held_out_extended"]
-            held_out = root / "held_out"
-            predict_folder(ablation_model, DataLayout(held_out / "data"), held_out / "pred_partial_only", "fast")
-            extended["ablation_partial_fused_only_fast"] = score_folder(held_out / "pred_partial_only",
-                                                                        DataLayout(held_out / "data"))
+            extended, held_out = results["held_out_extended"], root / "held_out"
+            held_out_data, predicted = DataLayout(held_out / "data"), held_out / "pred_partial_only"
+            predict_folder(ablation_model, held_out_data, predicted, "fast")
+            extended["ablation_partial_fused_only_fast"] = score_folder(predicted, held_out_data)
             extended["ablation_on_unannotated_classes"] = unannotated_class_comparison(
                 extended["student_fast"], extended["ablation_partial_fused_only_fast"])
     _write(results, args.out)

@@ -13,6 +13,9 @@ seconds beside the demo's own student and the held-out cases' organ
 pseudo-labels (both scored by bench_method.py, read from its --method file).
 Variant `complete_ground_truth_labels` is the ceiling: the same student on the
 training cases' complete ground truth instead of their fused labels.
+Variant `demo_student_continued_to_twice_the_epochs` continues the run's own
+trained student from its final checkpoint, as raising the student's epochs
+after a demo does.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ DATASET = "Dataset502_FLARE23Student"
 DEMO_SEED = 0  # flare_assets.resources' default run seed
 _CPU_TRAINING = CPU.student.training
 GROUND_TRUTH = "complete_ground_truth_labels"
+CONTINUED = "demo_student_continued_to_twice_the_epochs"
 
 # name -> (training changes, plan changes) relative to the cpu profile's student
 VARIANTS: dict[str, tuple[dict, dict]] = {
@@ -56,6 +60,9 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "48_epochs": ({"num_epochs": 48}, {}),
     # Is the student held back by the demo's training budget? Twice the epochs, twice the minutes.
     "twice_the_epochs": ({"num_epochs": 2 * _CPU_TRAINING.num_epochs}, {}),
+    # What a user gets by raising the student's epochs after the demo (FLARE_STUDENT_EPOCHS):
+    # the demo's trained student continued from its final checkpoint to twice the epochs.
+    CONTINUED: ({"num_epochs": 2 * _CPU_TRAINING.num_epochs}, {}),
     # A share of the foreground patches centred on the tumor (nnU-Net: ~1 in 14).
     "tumor_focus_half": ({"focus_class": 14, "focus_share": 0.5}, {}),
     # ... on one lesion drawn uniformly, so small kidney / pancreas lesions are centres too.
@@ -85,7 +92,7 @@ def run_variant(name: str, training: dict, plan: dict, run: Path, scratch: Path)
         dataset = _export_ground_truth(run, work, settings)
     else:
         dataset = DATASET
-        for sub in ("nnUNet_raw", "nnUNet_preprocessed"):
+        for sub in ("nnUNet_raw", "nnUNet_preprocessed") + (("nnUNet_results",) if name == CONTINUED else ()):
             shutil.copytree(run / "work" / sub / DATASET, work / sub / DATASET)
     if "batch_size" in plan:
         _set_batch_size(work / "nnUNet_preprocessed" / DATASET, plan["batch_size"])
@@ -99,6 +106,7 @@ def run_variant(name: str, training: dict, plan: dict, run: Path, scratch: Path)
     log.info("%s: organ DSC %.4f, tumor DSC %.4f on %d cases, %.0f s", name, per_class["organs mean"]["dsc"],
              per_class["tumor"]["dsc"], scores["cases"], seconds)
     return {"training_changes": training, "plan_changes": plan, "train_seconds": round(seconds, 1),
+            "resumed_from_epoch": summary.resumed_from_epoch, "epochs": summary.epochs_completed,
             "final_pseudo_dice": round(summary.final_pseudo_dice, 3), "fastest": scores}
 
 

@@ -1,6 +1,7 @@
 """The demo: run the platform end to end on an embedded default.
 
     python -m flare_assets.demo [--data-root DIR] [--work-root DIR] [--profile cpu] [--size small]
+                                [--teacher-epochs N] [--student-epochs N]
 
 Without --data-root it generates a FLARE-like synthetic data set (once) under
 ./demo/data, by default on the ~4 mm `small` phantom grid. It uses the Dagster
@@ -42,6 +43,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-root", type=Path, help="FLARE23-shaped data root (default: generate a demo set)")
     parser.add_argument("--work-root", type=Path, help="where outputs go (default ./demo/work)")
     parser.add_argument("--profile", default=None, help="run profile: cpu (default), test or flare23")
+    parser.add_argument("--teacher-epochs", type=int, metavar="N",
+                        help="train the teacher N epochs instead of the profile's (FLARE_TEACHER_EPOCHS)")
+    parser.add_argument("--student-epochs", type=int, metavar="N",
+                        help="train the student N epochs instead of the profile's (FLARE_STUDENT_EPOCHS)")
     parser.add_argument("--train", type=int, default=16, help="training cases to generate for the demo")
     parser.add_argument("--infer", type=int, default=4, help="inference cases to generate for the demo")
     parser.add_argument("--seed", type=int, default=0)
@@ -59,6 +64,10 @@ def configure_environment(args: argparse.Namespace) -> None:
         os.environ["FLARE_WORK_ROOT"] = str(args.work_root.resolve())
     if args.profile:
         os.environ["FLARE_PROFILE"] = args.profile
+    for variable, epochs in (("FLARE_TEACHER_EPOCHS", args.teacher_epochs),
+                             ("FLARE_STUDENT_EPOCHS", args.student_epochs)):
+        if epochs is not None:
+            os.environ[variable] = str(epochs)
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path.cwd() / "dagster_home"))).resolve()
     home.mkdir(parents=True, exist_ok=True)
 
@@ -120,7 +129,8 @@ def run(args: argparse.Namespace, ui: console.Console, log_path: Path) -> int:
     from flare_assets import pipeline, progress
     from flare_assets.definitions import build_resources
 
-    ui.line(f"FLARE demo, profile {settings.profile()}: data {settings.data_root()}, work {settings.work_root()}")
+    ui.line(f"FLARE demo, profile {settings.profile()}{_epoch_overrides()}: data {settings.data_root()}, "
+            f"work {settings.work_root()}")
     generated = ensure_demo_data(args)
     if generated:
         ui.line(generated)
@@ -133,6 +143,7 @@ def run(args: argparse.Namespace, ui: console.Console, log_path: Path) -> int:
         ui.describe = lambda report: stage_detail(instance, report)
         with progress.listening(ui):
             reports = pipeline.run_until_settled(instance, resources)
+        overrides = epoch_override_notes(instance)
     stopped = next((r for r in reports if "all" in r.failed), None)
     if all(r.name == "discovery" for r in reports):
         ui.line("nothing to do: every asset is up to date with the data root")
@@ -146,12 +157,40 @@ def run(args: argparse.Namespace, ui: console.Console, log_path: Path) -> int:
         if settings.profile() == "test":
             ui.line("(profile test: the models train for seconds; these numbers check the plumbing, not the method)")
         ui.line()
+    for text in overrides:
+        ui.line(text)
     if stopped is None:
         for text in failure_lines(reports):
             ui.error(text)
     ui.line(f"full log: {log_path}")
     ui.line("browse every asset, its metadata and plots: make ui (http://127.0.0.1:3000)")
     return exit_status(reports)
+
+
+def _epoch_overrides() -> str:
+    """' (student 120 epochs)' when FLARE_*_EPOCHS override the profile, else ''."""
+    named = [f"{model} {epochs} epochs" for model, epochs in (("teacher", settings.teacher_epochs()),
+                                                               ("student", settings.student_epochs()))
+             if epochs is not None]
+    return f" ({', '.join(named)})" if named else ""
+
+
+def epoch_override_notes(instance) -> list[str]:
+    """A line per model trained (before this run) for fewer epochs than
+    FLARE_*_EPOCHS now ask for: the override applies the next time its weights
+    are materialized, which automation does only when their plans change."""
+    from dagster import AssetKey
+
+    from flare_assets.pipeline import latest_metadata
+
+    notes = []
+    for model, requested in (("teacher", settings.teacher_epochs()), ("student", settings.student_epochs())):
+        meta = latest_metadata(instance, AssetKey(f"{model}_weights")) if requested else None
+        if meta and meta.get("epochs", requested) < requested:
+            notes.append(f"the {model} was trained for {meta['epochs']} epochs before this run; to continue it to "
+                         f"{requested}, materialize {model}_weights (make ui, then Materialize on the asset): "
+                         "training resumes from its final checkpoint and automation refreshes what it made")
+    return notes
 
 
 # Cases named per failed stage before the rest is only counted (the log has every message).

@@ -79,6 +79,7 @@ def train_model(context: AssetExecutionContext, work: WorkLayout, dataset_name: 
             "final_pseudo_dice": round(summary.final_pseudo_dice, 4),
             "final_ema_pseudo_dice": round(summary.final_ema_pseudo_dice, 4),
             "epochs": summary.epochs_completed,
+            "epochs_requested": settings.training.num_epochs,
             "wall_seconds": round(summary.wall_seconds, 1),
             "resumed_from_epoch": summary.resumed_from_epoch if summary.resumed_from_epoch is not None else -1,
             "already_trained": summary.skipped,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 from dagster import ConfigurableResource
 
@@ -59,10 +60,15 @@ class RunProfile(ConfigurableResource):
     # Seeds Python, NumPy and torch before training: the same data gives the
     # same sampling and initial weights (augmentation workers add their own noise).
     seed: int = 0
+    # Train the teacher / the student this many epochs instead of the profile's
+    # own (unset: the profile's). A model trained for fewer continues from its
+    # final checkpoint the next time its weights are materialized.
+    teacher_epochs: Optional[int] = None
+    student_epochs: Optional[int] = None
 
     @property
     def settings(self):
         """The flare_core run profile (teacher and student settings)."""
         from flare_core.nnunet.profiles import get_profile
 
-        return get_profile(self.name)
+        return get_profile(self.name, teacher_epochs=self.teacher_epochs, student_epochs=self.student_epochs)

@@ -4,6 +4,7 @@ FLARE_DATA_ROOT   FLARE23-shaped input folder (read only)    default ./demo/data
 FLARE_WORK_ROOT   where every output is written              default ./demo/work
 FLARE_PROFILE     run profile: cpu (demo), test, flare23     default cpu
 FLARE_DEVICE      auto, cpu or cuda                          default auto
+FLARE_TEACHER_EPOCHS, FLARE_STUDENT_EPOCHS  train that model this many epochs   default: the profile's
 FLARE_INFERENCE_MODE  fastest, fast or stock                 default fastest
 FLARE_INFERENCE_BACKEND    torch, onnx or auto               default torch
 FLARE_INFERENCE_PRECISION  float32 or bfloat16 (CPU, torch)  default float32
@@ -33,6 +34,24 @@ def profile() -> str:
 
 def device() -> str:
     return os.environ.get("FLARE_DEVICE", "auto")
+
+
+def teacher_epochs() -> int | None:
+    return _epochs("FLARE_TEACHER_EPOCHS")
+
+
+def student_epochs() -> int | None:
+    return _epochs("FLARE_STUDENT_EPOCHS")
+
+
+def _epochs(variable: str) -> int | None:
+    """A positive whole number of epochs, or None (the profile's own) when unset or empty."""
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{variable} must be a whole number of epochs of at least 1, got {text!r}")
+    return int(text)
 
 
 def inference_mode() -> str:

@@ -14,7 +14,9 @@ def build_resources() -> dict:
         "run_profile": RunProfile(name=settings.profile(), device=settings.device(),
                                   inference_mode=settings.inference_mode(),
                                   inference_backend=settings.inference_backend(),
-                                  inference_precision=settings.inference_precision()),
+                                  inference_precision=settings.inference_precision(),
+                                  teacher_epochs=settings.teacher_epochs(),
+                                  student_epochs=settings.student_epochs()),
     }
 
 

@@ -144,17 +144,30 @@ def profile_names() -> list[str]:
 
 
 def get_profile(name: str, *, epochs: int | None = None, iterations: int | None = None,
-                val_iterations: int | None = None) -> RunProfile:
-    """The named profile, optionally with shorter (or longer) training for both models."""
+                val_iterations: int | None = None, teacher_epochs: int | None = None,
+                student_epochs: int | None = None) -> RunProfile:
+    """The named profile, optionally with shorter (or longer) training.
+
+    `epochs`, `iterations` and `val_iterations` apply to both models;
+    `teacher_epochs` / `student_epochs` set one model's epochs (over `epochs`).
+    """
     if name not in PROFILES:
         raise ValueError(f"unknown run profile {name!r}; valid profiles: {', '.join(profile_names())}")
+    for label, value in (("epochs", epochs), ("iterations", iterations), ("val_iterations", val_iterations),
+                         ("teacher_epochs", teacher_epochs), ("student_epochs", student_epochs)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"{label} must be a whole number of at least 1, got {value!r}")
     profile = PROFILES[name]
-    changes = {k: v for k, v in (("num_epochs", epochs), ("iterations_per_epoch", iterations),
-                                 ("val_iterations_per_epoch", val_iterations)) if v is not None}
-    if not changes:
+    shared = {k: v for k, v in (("num_epochs", epochs), ("iterations_per_epoch", iterations),
+                                ("val_iterations_per_epoch", val_iterations)) if v is not None}
+    teacher = _with_training(profile.teacher, shared, teacher_epochs)
+    student = _with_training(profile.student, shared, student_epochs)
+    if teacher is profile.teacher and student is profile.student:
         return profile
-    return replace(
-        profile,
-        teacher=replace(profile.teacher, training=replace(profile.teacher.training, **changes)),
-        student=replace(profile.student, training=replace(profile.student.training, **changes)),
-    )
+    return replace(profile, teacher=teacher, student=student)
+
+
+def _with_training(model: TeacherSettings | StudentSettings, shared: dict,
+                   own_epochs: int | None) -> TeacherSettings | StudentSettings:
+    changes = shared | ({"num_epochs": own_epochs} if own_epochs is not None else {})
+    return replace(model, training=replace(model.training, **changes)) if changes else model

@@ -9,6 +9,7 @@ from dagster import AssetKey
 
 from flare_core.io import read_volume
 from flare_core.layout import DataLayout
+from flare_assets import demo
 from flare_assets.pipeline import latest_metadata
 from tests.assets.stages import after_planted_teacher
 
@@ -107,3 +108,40 @@ def _point_the_student_record_at(work: Path, original: Path) -> None:
     state = json.loads(record.read_text())
     state["model_folder"] = state["model_folder"].replace(str(original), str(work))
     record.write_text(json.dumps(state))
+
+
+def test_more_student_epochs_continue_the_trained_student(student_stage, tmp_path, monkeypatch):
+    """FLARE_STUDENT_EPOCHS above what the student was trained for: materializing its
+    weights resumes from the final checkpoint (nothing is trained twice), a new
+    checkpoint is the new data version; at or below it, the model is current."""
+    import shutil
+
+    from dagster import DagsterInstance, materialize
+
+    from flare_assets.defs.student import student_weights
+    from flare_assets.resources import RunProfile
+
+    before = latest_metadata(student_stage.instance, AssetKey("student_weights"))
+    monkeypatch.setenv("FLARE_STUDENT_EPOCHS", str(before["epochs"] + 1))
+    notes = demo.epoch_override_notes(student_stage.instance)
+    assert len(notes) == 1 and f"trained for {before['epochs']} epochs" in notes[0]
+    assert "materialize student_weights" in notes[0]
+
+    work = tmp_path / "work"
+    shutil.copytree(student_stage.work, work)
+    _point_the_student_record_at(work, student_stage.work)
+    longer = before["epochs"] + 1
+    resources = {**student_stage.resources, "work_root": type(student_stage.resources["work_root"])(path=str(work)),
+                 "run_profile": RunProfile(name="test", device="cpu", student_epochs=longer)}
+    with DagsterInstance.ephemeral() as fresh:
+        assert materialize([student_weights], instance=fresh, resources=resources).success
+        continued = latest_metadata(fresh, AssetKey("student_weights"))
+        assert materialize([student_weights], instance=fresh, resources=resources).success
+        again = latest_metadata(fresh, AssetKey("student_weights"))
+    assert continued["resumed_from_epoch"] == before["epochs"] and continued["epochs"] == longer
+    assert continued["epochs_requested"] == longer and not continued["already_trained"]
+    assert continued["checkpoint_sha256"] != before["checkpoint_sha256"]
+    assert again["already_trained"] and again["checkpoint_sha256"] == continued["checkpoint_sha256"]
+
+    monkeypatch.setenv("FLARE_STUDENT_EPOCHS", str(before["epochs"]))
+    assert demo.epoch_override_notes(student_stage.instance) == []

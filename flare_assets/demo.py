@@ -43,9 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-root", type=Path, help="FLARE23-shaped data root (default: generate a demo set)")
     parser.add_argument("--work-root", type=Path, help="where outputs go (default ./demo/work)")
     parser.add_argument("--profile", default=None, help="run profile: cpu (default), test or flare23")
-    parser.add_argument("--teacher-epochs", type=int, metavar="N",
+    parser.add_argument("--teacher-epochs", type=_epoch_count, metavar="N",
                         help="train the teacher N epochs instead of the profile's (FLARE_TEACHER_EPOCHS)")
-    parser.add_argument("--student-epochs", type=int, metavar="N",
+    parser.add_argument("--student-epochs", type=_epoch_count, metavar="N",
                         help="train the student N epochs instead of the profile's (FLARE_STUDENT_EPOCHS)")
     parser.add_argument("--train", type=int, default=16, help="training cases to generate for the demo")
     parser.add_argument("--infer", type=int, default=4, help="inference cases to generate for the demo")
@@ -54,6 +54,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="phantom grid of a generated data set: small (~4 mm, the default), tiny (~6 mm, "
                              "the tests') or full (FLARE's 512 x 512)")
     return parser.parse_args(argv)
+
+
+def _epoch_count(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of epochs of at least 1, not {text!r}")
+    return int(text)
 
 
 def configure_environment(args: argparse.Namespace) -> None:

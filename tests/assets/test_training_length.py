@@ -54,3 +54,10 @@ def test_the_demo_passes_its_epoch_flags_to_the_code_location(monkeypatch, tmp_p
     profile = build_resources()["run_profile"].settings
     assert profile.student.training.num_epochs == 90
     assert profile.teacher.training == get_profile("cpu").teacher.training
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "many"])
+def test_the_demo_refuses_a_bad_epoch_flag_before_it_starts(value, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        demo.parse_args(["--student-epochs", value])
+    assert stopped.value.code == 2 and "--student-epochs" in capsys.readouterr().err

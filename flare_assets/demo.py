@@ -57,9 +57,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _epoch_count(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"a whole number of epochs of at least 1, not {text!r}")
-    return int(text)
+    try:
+        return settings.epoch_count(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def configure_environment(args: argparse.Namespace) -> None:

@@ -44,14 +44,22 @@ def student_epochs() -> int | None:
     return _epochs("FLARE_STUDENT_EPOCHS")
 
 
+def epoch_count(text: str) -> int:
+    """A whole number of epochs of at least 1, from text (a variable, a flag)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ValueError(f"a whole number of epochs of at least 1, not {text!r}")
+    return int(text)
+
+
 def _epochs(variable: str) -> int | None:
-    """A positive whole number of epochs, or None (the profile's own) when unset or empty."""
+    """The epochs `variable` asks for, or None (the profile's own) when unset or empty."""
     text = os.environ.get(variable, "").strip()
     if not text:
         return None
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"{variable} must be a whole number of epochs of at least 1, got {text!r}")
-    return int(text)
+    try:
+        return epoch_count(text)
+    except ValueError as error:
+        raise ValueError(f"{variable} must be {error}") from None
 
 
 def inference_mode() -> str:

@@ -18,6 +18,7 @@ from flare_core.nnunet.settings import (
     StudentSettings,
     TeacherSettings,
     TrainingSettings,
+    with_training,
 )
 
 __all__ = ["RunProfile", "PROFILES", "get_profile", "profile_names", "TeacherSettings", "StudentSettings"]
@@ -158,16 +159,10 @@ def get_profile(name: str, *, epochs: int | None = None, iterations: int | None 
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ValueError(f"{label} must be a whole number of at least 1, got {value!r}")
     profile = PROFILES[name]
-    shared = {k: v for k, v in (("num_epochs", epochs), ("iterations_per_epoch", iterations),
-                                ("val_iterations_per_epoch", val_iterations)) if v is not None}
-    teacher = _with_training(profile.teacher, shared, teacher_epochs)
-    student = _with_training(profile.student, shared, student_epochs)
+    teacher = with_training(profile.teacher, num_epochs=teacher_epochs if teacher_epochs is not None else epochs,
+                            iterations_per_epoch=iterations, val_iterations_per_epoch=val_iterations)
+    student = with_training(profile.student, num_epochs=student_epochs if student_epochs is not None else epochs,
+                            iterations_per_epoch=iterations, val_iterations_per_epoch=val_iterations)
     if teacher is profile.teacher and student is profile.student:
         return profile
     return replace(profile, teacher=teacher, student=student)
-
-
-def _with_training(model: TeacherSettings | StudentSettings, shared: dict,
-                   own_epochs: int | None) -> TeacherSettings | StudentSettings:
-    changes = shared | ({"num_epochs": own_epochs} if own_epochs is not None else {})
-    return replace(model, training=replace(model.training, **changes)) if changes else model

@@ -138,6 +138,9 @@ def run(args: argparse.Namespace, ui: console.Console, log_path: Path) -> int:
 
     ui.line(f"FLARE demo, profile {settings.profile()}{_epoch_overrides()}: data {settings.data_root()}, "
             f"work {settings.work_root()}")
+    note = float32_training_note()
+    if note:
+        ui.line(note)
     generated = ensure_demo_data(args)
     if generated:
         ui.line(generated)
@@ -180,6 +183,30 @@ def _epoch_overrides() -> str:
                                                                ("student", settings.student_epochs()))
              if epochs is not None]
     return f" ({', '.join(named)})" if named else ""
+
+
+def float32_training_note() -> str | None:
+    """A line when the profile's models would train in bfloat16 autocast on
+    this CPU but it has no native bfloat16, so they train in float32: the
+    demo then takes a multiple of the minutes the README quotes."""
+    import torch
+
+    from flare_core.nnunet import environment
+    from flare_core.nnunet.profiles import get_profile
+
+    name = settings.profile()
+    if name == "test" or settings.device() not in ("auto", "cpu"):
+        return None
+    if settings.device() == "auto" and torch.cuda.is_available():
+        return None
+    profile = get_profile(name)
+    if not (profile.student.training.cpu_bfloat16 or profile.teacher.training.cpu_bfloat16):
+        return None
+    if environment.cpu_has_native_bfloat16():
+        return None
+    return ("this CPU has no native bfloat16 (AVX-512 BF16 or AMX), so the models train in float32: about twice "
+            "the training minutes of a CPU that has it (see the README's timings); --student-epochs N shortens "
+            "the student's share")
 
 
 def epoch_override_notes(instance) -> list[str]:

@@ -2,6 +2,7 @@
 instead of its profile's, from the environment to the settings a model trains with."""
 import pytest
 
+from flare_core.nnunet import environment
 from flare_core.nnunet.profiles import get_profile
 from flare_assets import demo
 from flare_assets.definitions import build_resources
@@ -61,3 +62,21 @@ def test_the_demo_refuses_a_bad_epoch_flag_before_it_starts(value, capsys):
     with pytest.raises(SystemExit) as stopped:
         demo.parse_args(["--student-epochs", value])
     assert stopped.value.code == 2 and "--student-epochs" in capsys.readouterr().err
+
+
+def test_the_demo_says_when_its_models_train_in_float32(monkeypatch):
+    monkeypatch.setenv("FLARE_PROFILE", "cpu")
+    monkeypatch.setenv("FLARE_DEVICE", "cpu")
+    monkeypatch.setattr(environment, "cpu_has_native_bfloat16", lambda: False)
+    note = demo.float32_training_note()
+    assert note and "float32" in note and "--student-epochs" in note
+    monkeypatch.setattr(environment, "cpu_has_native_bfloat16", lambda: True)
+    assert demo.float32_training_note() is None, "with native bfloat16 the README's minutes hold"
+    monkeypatch.setattr(environment, "cpu_has_native_bfloat16", lambda: False)
+    for profile in ("flare23", "test"):  # never bfloat16 / trains for seconds
+        monkeypatch.setenv("FLARE_PROFILE", profile)
+        assert demo.float32_training_note() is None, profile
+    monkeypatch.setenv("FLARE_PROFILE", "cpu")
+    monkeypatch.setenv("FLARE_DEVICE", "cuda")
+    assert demo.float32_training_note() is None, "a GPU run does not train on the CPU"
+

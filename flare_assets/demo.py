@@ -189,17 +189,18 @@ def float32_training_note() -> str | None:
     """A line when the profile's models would train in bfloat16 autocast on
     this CPU but it has no native bfloat16, so they train in float32: the
     demo then takes a multiple of the minutes the README quotes."""
-    import torch
-
     from flare_core.nnunet import environment
     from flare_core.nnunet.profiles import get_profile
 
-    name = settings.profile()
-    if name == "test" or settings.device() not in ("auto", "cpu"):
+    if settings.profile() == "test":
         return None
-    if settings.device() == "auto" and torch.cuda.is_available():
+    try:
+        device = environment.select_device(settings.device())
+    except (RuntimeError, ValueError):  # the stage that trains names the problem
         return None
-    profile = get_profile(name)
+    if device.type != "cpu":
+        return None
+    profile = get_profile(settings.profile())
     if not (profile.student.training.cpu_bfloat16 or profile.teacher.training.cpu_bfloat16):
         return None
     if environment.cpu_has_native_bfloat16():

@@ -79,4 +79,3 @@ def test_the_demo_says_when_its_models_train_in_float32(monkeypatch):
     monkeypatch.setenv("FLARE_PROFILE", "cpu")
     monkeypatch.setenv("FLARE_DEVICE", "cuda")
     assert demo.float32_training_note() is None, "a GPU run does not train on the CPU"
-

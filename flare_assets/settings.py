@@ -19,6 +19,15 @@ from pathlib import Path
 
 DEFAULT_PROFILE = "cpu"
 
+# What a step reads while it runs. Every process that runs steps (a run pod, a
+# step pod, a Celery worker) must see the same values as the code location,
+# or a step trains another profile, or writes elsewhere, than the UI shows.
+STEP_SETTINGS = (
+    "FLARE_DATA_ROOT", "FLARE_WORK_ROOT", "FLARE_PROFILE", "FLARE_DEVICE",
+    "FLARE_TEACHER_EPOCHS", "FLARE_STUDENT_EPOCHS",
+    "FLARE_INFERENCE_MODE", "FLARE_INFERENCE_BACKEND", "FLARE_INFERENCE_PRECISION",
+)
+
 
 def data_root() -> Path:
     return Path(os.environ.get("FLARE_DATA_ROOT", Path.cwd() / "demo" / "data")).resolve()

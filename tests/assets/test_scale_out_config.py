@@ -3,6 +3,7 @@ steps are routed to the `gpu` queue and ask Kubernetes for a GPU, and the
 shipped Kubernetes files validate against dagster-k8s's own config schemas."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import yaml
 from dagster import Definitions, asset, define_asset_job, validate_run_config
 
 from flare_assets.definitions import defs
+from flare_assets.settings import STEP_SETTINGS
 from flare_assets.executors import EXECUTORS, MODEL_STEP_TAGS, configured_executor
 from flare_assets.worker import write_config_module
 
@@ -97,3 +99,82 @@ def test_the_helm_values_use_only_k8s_run_launcher_fields():
     assert snake <= set(K8sRunLauncher.config_type()), snake - set(K8sRunLauncher.config_type())
     deployment = values["dagster-user-deployments"]["deployments"][0]
     assert deployment["dagsterApiGrpcArgs"] == ["-m", "flare_assets.definitions"]
+
+
+# How dagster-k8s assembles a step pod on a cluster installed from the shipped
+# files: the chart hands the user deployment's env, volumes and mounts to the
+# runs it launches (includeConfigInLaunchedRuns); the run launcher's own config
+# is resolved in the daemon; the k8s executor's config in the run pod. A name
+# passed through (`env_vars`, `envVars`) is read from the environment of the
+# process that resolves it, and an unset one fails the launch.
+def _values() -> dict:
+    return yaml.safe_load((REPO / "deploy" / "k8s" / "values.yaml").read_text())
+
+
+def _user_deployment() -> dict:
+    return _values()["dagster-user-deployments"]["deployments"][0]
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    text = (REPO / "deploy" / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [tuple(line.split(None, 1)) for line in lines]
+
+
+def _image_environment() -> dict[str, str]:
+    pairs = [word.split("=", 1) for keyword, rest in _dockerfile_instructions() if keyword == "ENV"
+             for word in rest.split()]
+    return dict(pairs)
+
+
+def _only_environment(monkeypatch, environment: dict[str, str]) -> None:
+    for name in [name for name in os.environ if name.startswith(("FLARE_", "DAGSTER_"))]:
+        monkeypatch.delenv(name)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+
+
+def _snake_case(config: dict) -> dict:
+    return {re.sub(r"(?<!^)([A-Z])", r"_\1", key).lower(): value for key, value in config.items()}
+
+
+def test_the_run_launcher_reads_nothing_from_the_daemons_environment(monkeypatch):
+    from dagster_k8s.container_context import K8sContainerContext
+
+    _only_environment(monkeypatch, {})  # the daemon runs the chart's image, without this project's settings
+    launcher = _snake_case(_values()["runLauncher"]["config"]["k8sRunLauncher"])
+    launcher["namespace"] = launcher.pop("job_namespace")
+    K8sContainerContext.create_from_config({"k8s": launcher})
+
+
+def test_every_step_pod_gets_the_code_locations_settings_and_volumes(monkeypatch):
+    from dagster_k8s.container_context import K8sContainerContext
+
+    deployment = _user_deployment()
+    assert deployment["includeConfigInLaunchedRuns"] == {"enabled": True}
+    location = K8sContainerContext.create_from_config({"k8s": {
+        "env": deployment["env"], "volumes": deployment["volumes"], "volume_mounts": deployment["volumeMounts"]}})
+    deployment_env = {entry["name"]: entry["value"] for entry in deployment["env"]}
+    _only_environment(monkeypatch, {**_image_environment(), **deployment_env})  # the run pod's environment
+    executor = yaml.safe_load((REPO / "deploy" / "k8s" / "executor.yaml").read_text())["execution"]["config"]
+    step = location.merge(K8sContainerContext(
+        env_vars=executor.get("env_vars"), volumes=executor.get("volumes"),
+        volume_mounts=executor.get("volume_mounts"), namespace=executor.get("job_namespace"),
+        resources=executor.get("resources"), image_pull_policy=executor.get("image_pull_policy")))
+
+    container = step.run_k8s_config.container_config
+    names = [entry["name"] for entry in container["env"]]
+    assert set(STEP_SETTINGS) | {"FLARE_EXECUTOR", "FLARE_K8S_EXECUTOR_CONFIG"} <= set(names)
+    assert len(names) == len(set(names))
+    assert [volume["name"] for volume in step.run_k8s_config.pod_spec_config["volumes"]] == ["flare-data", "flare-work"]
+    mounts = {mount["name"]: mount["mount_path"] for mount in container["volume_mounts"]}
+    assert mounts == {"flare-data": deployment_env["FLARE_DATA_ROOT"], "flare-work": deployment_env["FLARE_WORK_ROOT"]}
+    assert step.namespace == "flare"
+
+
+def test_the_image_holds_the_step_executor_config_that_the_deployment_names():
+    instructions = _dockerfile_instructions()
+    workdir = Path([rest for keyword, rest in instructions if keyword == "WORKDIR"][-1])
+    copied = {str(workdir / rest.split()[-1]): rest.split()[0] for keyword, rest in instructions if keyword == "COPY"}
+    named = {entry["name"]: entry["value"] for entry in _user_deployment()["env"]}["FLARE_K8S_EXECUTOR_CONFIG"]
+    assert copied.get(named) == "deploy/k8s/executor.yaml", copied

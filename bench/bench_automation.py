@@ -58,6 +58,8 @@ from typing import Any, Iterator
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from result_files import write_result  # noqa: E402
+
 log = logging.getLogger("bench_automation")
 
 TICK_TARGET_SECONDS = 5.0
@@ -518,8 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("[%d] %s", n_cases, json.dumps(results["scales"][-1]["best_seconds"]))
     results["machine"]["load_after"] = list(os.getloadavg())
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    write_result(results, args.out)
     log.info("wrote %s", args.out)
     if not args.keep:
         import shutil

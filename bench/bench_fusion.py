@@ -41,6 +41,7 @@ from scipy import ndimage
 
 from flare_core import fused_case, fusion, labels
 from flare_core.io import Geometry, read_label, write_json, write_volume
+from result_files import write_result
 
 log = logging.getLogger("bench_fusion")
 
@@ -272,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         results = run(args.cases, Path(tmp), args.repeat)
-    write_json(results, args.out)
+    write_result(results, args.out, indent=2, sort_keys=True)
     _log_table(results)
     log.info("results written to %s", args.out)
     return 0

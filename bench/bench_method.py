@@ -49,6 +49,7 @@ from flare_core.io import read_geometry, read_label, write_volume  # noqa: E402
 from flare_core.layout import DataLayout, WorkLayout  # noqa: E402
 from flare_core.metrics import evaluate_case, summarize  # noqa: E402
 from flare_core.phantom import organ_pseudo_label  # noqa: E402
+from result_files import write_result  # noqa: E402
 
 log = logging.getLogger("bench.method")
 
@@ -194,8 +195,7 @@ def unannotated_class_comparison(organ_fused: dict, partial_fused_only: dict) ->
 
 
 def _write(results: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    write_result(results, out)
 
 
 def _if_file(path: Path) -> Path | None:

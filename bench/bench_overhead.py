@@ -285,9 +285,9 @@ def stage_table(dagster: dict[str, dict], plain: dict[str, dict]) -> list[dict[s
 
 
 def write_result(result: dict, out: Path) -> None:
-    from flare_core.io import write_text
+    from result_files import write_result as write_portable
 
-    write_text(json.dumps(result, indent=2) + "\n", out)
+    write_portable(result, out, indent=2)
 
 
 def report(result: dict, out: Path) -> None:
@@ -364,9 +364,7 @@ def child_main(argv: list[str]) -> int:
     measured = runner(args)
     measured["stages"]["imports"]["seconds"] += common_imports
     measured["common_import_seconds"] = round(common_imports, 2)
-    from flare_core.io import write_text
-
-    write_text(json.dumps(measured, indent=2) + "\n", args.result)
+    write_result(measured, args.result)
     return 0 if not measured.get("failed_steps") else 1
 
 

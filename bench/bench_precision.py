@@ -17,7 +17,6 @@ average is recorded.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -28,6 +27,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from result_files import write_result  # noqa: E402
 
 log = logging.getLogger("bench_precision")
 PRECISIONS = ("float32", "bfloat16")
@@ -88,8 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     record["mean"] = mean
     record["float32_over_bfloat16_seconds"] = round(mean["float32"]["seconds"] / mean["bfloat16"]["seconds"], 2)
     record["load_after"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    write_result(record, args.out)
     log.info("mean %s, float32/bfloat16 seconds %.2f; wrote %s", mean, record["float32_over_bfloat16_seconds"],
              args.out)
 

@@ -37,6 +37,8 @@ from typing import Iterator
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from result_files import write_result  # noqa: E402
+
 log = logging.getLogger("bench_scale_out")
 
 DRIVER = """
@@ -125,8 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     modes = record["modes"]
     record["postgres_celery_over_sqlite_multiprocess"] = round(
         modes["postgres_celery"]["seconds"] / modes["sqlite_multiprocess"]["seconds"], 2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    write_result(record, args.out)
     log.info("wrote %s", args.out)
 
 

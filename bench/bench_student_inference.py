@@ -786,7 +786,7 @@ def rescore(args: argparse.Namespace) -> int:
     """Recompute the label-map agreements, summaries, ratios and verdict of an
     existing --out JSON from the label maps still on disk (nothing is timed
     again; the timings, memory and DSC rows are kept as measured)."""
-    from flare_core.io import write_json
+    from result_files import write_log, write_result
 
     result = json.loads(args.out.read_text())
     rows = result["rows"]
@@ -803,8 +803,8 @@ def rescore(args: argparse.Namespace) -> int:
         {"at": time.strftime("%Y-%m-%d %H:%M:%S"), "what": "agreement, summary, ratio_to_stock, verdict",
          "command": "python bench/bench_student_inference.py --rescore " + " ".join(
              a for a in sys.argv[1:] if a != "--rescore")})
-    write_json(result, args.out)
-    args.log.write_text(summary_text(result))
+    write_result(result, args.out, indent=2, sort_keys=True)
+    write_log(summary_text(result), args.log)
     log.info("rescored %s and %s", args.out, args.log)
     return 0
 
@@ -820,7 +820,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.rescore:
         return rescore(args)
-    from flare_core.io import write_json
+    from result_files import write_log, write_result
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_student_"))
     result: dict[str, Any] = {
@@ -837,8 +837,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def save() -> None:
         result["load_average_after"] = os.getloadavg()
         result["wall_minutes"] = (time.perf_counter() - started) / 60
-        write_json(result, args.out)
-        args.log.write_text(summary_text(result))
+        write_result(result, args.out, indent=2, sort_keys=True)
+        write_log(summary_text(result), args.log)
 
     try:
         run_benchmark(args, work, result, save)

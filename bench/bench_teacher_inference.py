@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -30,8 +31,11 @@ import numpy as np
 import psutil
 import torch
 
-from flare_core.io import write_json, write_volume
+from flare_core.io import write_volume
 from flare_core.layout import DataLayout, WorkLayout
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, also under python -m
+from result_files import write_result  # noqa: E402
 
 log = logging.getLogger("bench.teacher_inference")
 RESULTS = Path(__file__).resolve().parent / "results" / "teacher_inference.json"
@@ -126,7 +130,7 @@ def run(model_folder: Path | None, n_cases: int, threads: int, device: str, out:
         "mean_seconds": round(float(np.mean([r["seconds"] for r in rows])), 3),
         "max_peak_rss_mib": max(r["peak_rss_mib"] for r in rows),
     }
-    write_json(result, out)
+    write_result(result, out, indent=2, sort_keys=True)
     return result
 
 

@@ -39,6 +39,7 @@ for path in (REPO, REPO / "bench"):
 import torch  # noqa: E402
 
 from flare_core.io import write_json  # noqa: E402
+from result_files import write_result  # noqa: E402
 
 from bench_student_inference import (  # noqa: E402
     MODE_OPTIONS,
@@ -200,11 +201,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 row["device"] = str(device)
                 rows.append(row)
                 log.info("%s %s %s: %.2f s", model, mode, case["case_id"], row["seconds"])
-                write_json(report, args.out / "gpu_student_inference.json")  # partial results survive a timeout
+                write_result(report, args.out / "gpu_student_inference.json", indent=2, sort_keys=True)  # partial results survive a timeout
     log_table(rows)
     if args.cpu_reference:
         report["cpu_agreement"] = cpu_agreement(models["student"], cases[0], predictions, rows)
-    write_json(report, args.out / "gpu_student_inference.json")
+    write_result(report, args.out / "gpu_student_inference.json", indent=2, sort_keys=True)
     log.info("wrote %s", args.out / "gpu_student_inference.json")
     return 0
 

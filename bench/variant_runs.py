@@ -6,6 +6,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from result_files import write_result
+
 
 def measure_variants(out: Path, results: dict, same_run: Callable[[dict], bool], names: list[str],
                      run_variant: Callable[[str, Path], dict], scratch_prefix: str) -> None:
@@ -17,5 +19,4 @@ def measure_variants(out: Path, results: dict, same_run: Callable[[dict], bool],
     with tempfile.TemporaryDirectory(prefix=scratch_prefix) as scratch:
         for name in names:
             results["variants"][name] = run_variant(name, Path(scratch))
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(results, indent=1) + "\n")
+            write_result(results, out)

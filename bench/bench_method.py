@@ -1,7 +1,7 @@
 """Does the method work? The whole demo on a fresh phantom data set, scored.
 
     python bench/bench_method.py --out bench/results/method.json [--seed 2026]
-        [--train 12 --infer 3] [--profile cpu] [--no-ablation] [--held-out 16]
+        [--train 12 --infer 3] [--profile cpu] [--student-epochs N] [--no-ablation] [--held-out 16]
 
 Runs `python -m flare_assets.demo` from an empty Dagster instance on a data
 set generated with a seed the tests do not use (the demo's default sizes),
@@ -48,21 +48,24 @@ from flare_core import label_quality as quality  # noqa: E402
 from flare_core.io import read_geometry, read_label, write_volume  # noqa: E402
 from flare_core.layout import DataLayout, WorkLayout  # noqa: E402
 from flare_core.metrics import evaluate_case, summarize  # noqa: E402
+from flare_core.nnunet.environment import cpu_has_native_bfloat16  # noqa: E402
 from flare_core.phantom import organ_pseudo_label  # noqa: E402
 from result_files import write_result  # noqa: E402
 
 log = logging.getLogger("bench.method")
 
 
-def run_demo(data: Path, work: Path, home: Path, profile: str, seed: int, n_train: int, n_infer: int) -> dict:
+def run_demo(data: Path, work: Path, home: Path, profile: str, seed: int, n_train: int, n_infer: int,
+             student_epochs: int | None = None) -> dict:
     """The demo as a user runs it, from an empty instance; returns wall seconds and its stage lines."""
     home.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
     env = {**os.environ, "DAGSTER_HOME": str(home), "FLARE_DATA_ROOT": str(data), "FLARE_WORK_ROOT": str(work),
            "FLARE_PROFILE": profile}
+    command = [sys.executable, "-m", "flare_assets.demo", "--seed", str(seed), "--train", str(n_train),
+               "--infer", str(n_infer)] + (["--student-epochs", str(student_epochs)] if student_epochs else [])
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "flare_assets.demo", "--seed", str(seed), "--train", str(n_train),
-                           "--infer", str(n_infer)], env=env, cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     log.info("demo exited %d after %.0f s", done.returncode, seconds)
     return {"exit_code": done.returncode, "wall_seconds": round(seconds, 1), "console": done.stdout.splitlines(),
@@ -209,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=None, help="training cases (default: the demo's)")
     parser.add_argument("--infer", type=int, default=None, help="inference cases (default: the demo's)")
     parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--student-epochs", type=int, default=None,
+                        help="the demo's --student-epochs (default: the profile's)")
     parser.add_argument("--no-ablation", action="store_true")
     parser.add_argument("--keep", type=Path, default=None, help="keep data and work here instead of a temp folder")
     parser.add_argument("--held-out", type=int, default=16,
@@ -224,12 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     root = args.keep or Path(tempfile.mkdtemp(prefix="flare-bench-method-"))
     data_root, work_root = root / "data", root / "work"
     results: dict = {"seed": args.seed, "profile": args.profile, "train_cases": n_train, "infer_cases": n_infer,
-                     "machine": {"cpus": os.cpu_count(), "load_before": os.getloadavg()}}
+                     "student_epochs": args.student_epochs or "the profile's",
+                     "machine": {"cpus": os.cpu_count(), "native_bfloat16": cpu_has_native_bfloat16(),
+                                 "load_before": os.getloadavg()}}
     if args.scores_only:
         results["demo"] = json.loads(args.out.read_text())["demo"]
     else:
         results["demo"] = run_demo(data_root, work_root, root / "dagster_home", args.profile, args.seed, n_train,
-                                   n_infer)
+                                   n_infer, args.student_epochs)
         results["machine"]["load_after_demo"] = os.getloadavg()
         _write(results, args.out)  # the demo's figures are kept even if scoring fails
     data, work = DataLayout(data_root), WorkLayout(work_root)

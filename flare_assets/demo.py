@@ -205,9 +205,9 @@ def float32_training_note() -> str | None:
         return None
     if environment.cpu_has_native_bfloat16():
         return None
-    return ("this CPU has no native bfloat16 (AVX-512 BF16 or AMX), so the models train in float32: about twice "
-            "the training minutes of a CPU that has it (see the README's timings); --student-epochs N shortens "
-            "the student's share")
+    return ("this CPU has no native bfloat16 (AVX-512 BF16 or AMX), so the models train in float32: the demo "
+            "takes several times the README's bfloat16 minutes (about an hour on 2 cores); --student-epochs N "
+            "shortens the student's share, at a cost in accuracy (the README gives both figures)")
 
 
 def epoch_override_notes(instance) -> list[str]:

@@ -92,12 +92,11 @@ def test_the_k8s_executor_config_validates_against_dagster_k8s():
 def test_the_helm_values_use_only_k8s_run_launcher_fields():
     from dagster_k8s import K8sRunLauncher
 
-    values = yaml.safe_load((REPO / "deploy" / "k8s" / "values.yaml").read_text())
+    values = _values()
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
-    camel = values["runLauncher"]["config"]["k8sRunLauncher"]
-    snake = {re.sub(r"(?<!^)([A-Z])", r"_\1", key).lower() for key in camel}
+    snake = set(_snake_case(values["runLauncher"]["config"]["k8sRunLauncher"]))
     assert snake <= set(K8sRunLauncher.config_type()), snake - set(K8sRunLauncher.config_type())
-    deployment = values["dagster-user-deployments"]["deployments"][0]
+    deployment = _user_deployment()
     assert deployment["dagsterApiGrpcArgs"] == ["-m", "flare_assets.definitions"]
 
 
